@@ -1,0 +1,1 @@
+"""Audio decoding, collections and the pipeline stages between files and the codec."""

@@ -1,0 +1,39 @@
+"""Decode many files in worker processes: the batch stage `train` and `evaluate` feed on."""
+import os
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .audio import AudioError, load
+
+
+def _decode_one(args) -> tuple[Path, np.ndarray | AudioError]:
+    path, sample_rate, min_seconds, max_seconds = args
+    try:
+        x = load(path, sample_rate, min_seconds=min_seconds, max_seconds=max_seconds)
+        # int16 halves memory against float32 and loses nothing an MP3 held
+        return path, np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+    except AudioError as err:
+        return path, err
+
+
+def decode_files(paths: list[Path], sample_rate: int, *, min_seconds: float = 0.0,
+                 max_seconds: float | None = None, workers: int | None = None
+                 ) -> Iterator[tuple[Path, np.ndarray | AudioError]]:
+    """Yield `(path, int16 mono samples [T] or the AudioError)` for each file, in order.
+
+    Decoding runs in `workers` processes (default: one per core).
+    """
+    jobs = [(Path(p), sample_rate, min_seconds, max_seconds) for p in paths]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) <= 1:
+        yield from map(_decode_one, jobs)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_decode_one, jobs, chunksize=4)
+
+
+def pcm16_to_float(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) / 32767.0

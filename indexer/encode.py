@@ -1,0 +1,68 @@
+"""Whole signals and files through the codec, in batches of chunks.
+
+`encode_signal`/`decode_latents` work in memory; `encode_file` streams a file of
+any length, so a 2-hour track is encoded in bounded memory.
+"""
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import Codec
+
+from .audio import chunks, stream
+
+
+def _sync(device: torch.device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def encode_chunks(model: Codec, x: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """`[N, chunk]` float32 -> stored latents `[N, C, F]` on the CPU."""
+    device = next(model.parameters()).device
+    out = [model.encode(torch.from_numpy(x[i:i + batch]).to(device)).cpu() for i in range(0, len(x), batch)]
+    _sync(device)
+    return torch.cat(out) if out else torch.zeros((0, *model.cfg.latent_shape))
+
+
+def encode_signal(model: Codec, x: np.ndarray, batch: int = 64) -> torch.Tensor:
+    """Mono `[T]` at the model's rate -> latents `[ceil(T / chunk), C, F]` (last chunk zero-padded)."""
+    return encode_chunks(model, chunks(x, model.cfg.chunk), batch)
+
+
+@torch.no_grad()
+def decode_latents(model: Codec, z: torch.Tensor, length: int | None = None, batch: int = 64) -> np.ndarray:
+    """Latents `[N, C, F]` -> mono `[N * chunk]` float32 (cut to `length` when given)."""
+    device = next(model.parameters()).device
+    out = [model.decode(z[i:i + batch].to(device)).cpu() for i in range(0, len(z), batch)]
+    _sync(device)
+    y = torch.cat(out).reshape(-1).numpy() if out else np.zeros(0, np.float32)
+    return y[:length] if length is not None else y
+
+
+def chunk_stream(path: Path, sample_rate: int, chunk: int) -> Iterator[tuple[np.ndarray, int]]:
+    """Decode a file as consecutive `([n, chunk] block, real samples in it)`, in bounded memory.
+
+    Only the last block is zero-padded.
+    """
+    carry = np.zeros(0, np.float32)
+    for block in stream(path, sample_rate):
+        carry = np.concatenate([carry, block])
+        n = len(carry) // chunk
+        if n:
+            yield carry[:n * chunk].reshape(n, chunk), n * chunk
+            carry = carry[n * chunk:]
+    if len(carry):
+        yield chunks(carry, chunk), len(carry)
+
+
+def encode_file(model: Codec, path, batch: int = 64) -> tuple[torch.Tensor, int]:
+    """Stream a file through the encoder: (latents `[N, C, F]`, number of samples at the model's rate)."""
+    parts, n = [], 0
+    for block, valid in chunk_stream(Path(path), model.cfg.sample_rate, model.cfg.chunk):
+        parts.append(encode_chunks(model, block, batch))
+        n += valid
+    return torch.cat(parts), n

@@ -1,0 +1,98 @@
+"""Codec configuration and the named presets.
+
+A `CodecConfig` is all it takes to rebuild a codec: it is saved with `asdict()`
+inside every checkpoint, and loading rebuilds the model from it, never from flags.
+"""
+from dataclasses import asdict, dataclass, field, fields
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """Architecture of one codec.
+
+    The encoder is a Conv1d over the waveform (stride `frame`, kernel `frame` or
+    `2 * frame` when `overlap`), then 1x1 Conv1ds; its last width is the latent
+    channel count. The decoder is 1x1 Conv1ds, then a linear 1x1 layer to `kernel`
+    samples per frame that are overlap-added back into a waveform.
+    """
+    name: str
+    frame: int                      # hop of the analysis conv, in samples
+    encoder: tuple[int, ...]        # channel widths; the last one is the latent size
+    decoder: tuple[int, ...]        # hidden widths before the linear synthesis layer
+    overlap: bool = False           # analysis/synthesis windows of 2 * frame (50 % overlap)
+    activation: str = "tanh"        # hidden activation; latents are always tanh-bounded
+    latent_bits: int = 32           # 32 = float32 latents (the paper); 8 = stored as int8
+    sample_rate: int = 44100
+    chunk: int = 44000              # samples the codec sees at once (the paper's "second")
+    scale: float = 10.0             # the paper multiplies samples by 10 before the net
+    # training defaults, kept with the model so `train --resume` picks them up
+    lr: float = 1e-3
+    batch_size: int = 40
+    description: str = ""
+
+    def __post_init__(self):
+        if self.chunk % self.frame:
+            raise ValueError(f"chunk {self.chunk} is not a multiple of frame {self.frame}")
+        if self.latent_bits not in (8, 32):
+            raise ValueError("latent_bits must be 8 (int8) or 32 (float32)")
+
+    @property
+    def kernel(self) -> int:
+        return 2 * self.frame if self.overlap else self.frame
+
+    @property
+    def frames(self) -> int:
+        """Latent frames per chunk."""
+        return self.chunk // self.frame
+
+    @property
+    def latent_dim(self) -> int:
+        return self.encoder[-1]
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """Latents of one chunk as `[C, F]`."""
+        return (self.latent_dim, self.frames)
+
+    @property
+    def kbps(self) -> float:
+        """Stored bitrate: latent values per second of audio times bits per value."""
+        values_per_s = self.latent_dim * self.frames * self.sample_rate / self.chunk
+        return values_per_s * self.latent_bits / 1000.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CodecConfig":
+        known = {f.name for f in fields(cls)}
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        return cls(**d)
+
+
+PRESETS: dict[str, CodecConfig] = {
+    # The paper's three models, as in the authors' Keras models.py.
+    "m1": CodecConfig("m1", frame=1000, encoder=(750, 500, 250), decoder=(250, 500, 1000),
+                      description="Muzip paper, Model 1: frames of 1000, latent 44 x 250"),
+    "m2": CodecConfig("m2", frame=500, encoder=(500, 300, 125), decoder=(125, 300, 500),
+                      description="Muzip paper, Model 2: frames of 500, latent 88 x 125"),
+    "m3": CodecConfig("m3", frame=200, encoder=(200, 150, 100, 50), decoder=(50, 100, 150, 200),
+                      description="Muzip paper, Model 3: frames of 200, latent 220 x 50"),
+    # Ours: 50 %-overlapped frames of 250, int8 latents 45 x 176 per chunk = 63.5 kbps.
+    "default": CodecConfig("default", frame=250, encoder=(256, 256, 45), decoder=(256, 256),
+                           overlap=True, activation="gelu", latent_bits=8, batch_size=32,
+                           description="overlapped frames, int8 latents at 63.5 kbps"),
+    # Trains in seconds on a CPU; for tests only.
+    "tiny": CodecConfig("tiny", frame=100, encoder=(16, 8), decoder=(16,), chunk=4000,
+                        sample_rate=8000, overlap=True, activation="gelu", latent_bits=8,
+                        batch_size=8, lr=3e-3, description="test-sized codec"),
+}
+
+DEFAULT_PRESET = "default"
+
+
+def preset(name: str) -> CodecConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}") from None

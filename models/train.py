@@ -1,0 +1,123 @@
+"""The training loop over in-memory tensors: random chunks from tracks, MSE, Adam.
+
+No file I/O: the caller decodes audio and decides where checkpoints go.
+"""
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .codec import Codec
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint so `--resume` continues it."""
+    epoch: int = 0
+    step: int = 0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)  # one {"epoch", "train_mse", "val_mse"} per epoch
+
+
+class ChunkSampler:
+    """Random chunk-long crops from a list of int16 tracks, weighted by track length."""
+
+    def __init__(self, tracks: list[np.ndarray], chunk: int, seed: int = 0):
+        self.tracks = [t for t in tracks if len(t) >= chunk]
+        if not self.tracks:
+            raise ValueError(f"no track is at least one chunk ({chunk} samples) long")
+        self.chunk = chunk
+        lengths = np.array([len(t) - chunk + 1 for t in self.tracks], dtype=np.float64)
+        self.p = lengths / lengths.sum()
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def chunks_per_epoch(self) -> int:
+        return sum(len(t) for t in self.tracks) // self.chunk
+
+    def batch(self, size: int) -> torch.Tensor:
+        """`[size, chunk]` float32 in [-1, 1]."""
+        idx = self.rng.choice(len(self.tracks), size=size, p=self.p)
+        out = np.empty((size, self.chunk), dtype=np.float32)
+        for row, i in enumerate(idx):
+            start = self.rng.integers(0, len(self.tracks[i]) - self.chunk + 1)
+            out[row] = self.tracks[i][start:start + self.chunk]
+        return torch.from_numpy(out) / 32767.0
+
+
+def fixed_chunks(tracks: list[np.ndarray], chunk: int) -> torch.Tensor:
+    """Every whole chunk of every track, `[N, chunk]`: a fixed validation set."""
+    rows = [t[:len(t) // chunk * chunk].reshape(-1, chunk) for t in tracks if len(t) >= chunk]
+    if not rows:
+        return torch.zeros(0, chunk)
+    return torch.from_numpy(np.concatenate(rows).astype(np.float32) / 32767.0)
+
+
+def _autocast(device: torch.device):
+    # bf16 mixed precision on CUDA; plain float32 on CPU
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def reconstruction_loss(model: Codec, x: torch.Tensor) -> torch.Tensor:
+    """MSE on the x10 values the network sees, as the paper trained."""
+    s = model.cfg.scale
+    return F.mse_loss(model(x).float() * s, x * s)
+
+
+@torch.no_grad()
+def validate(model: Codec, chunks: torch.Tensor, device: torch.device, batch_size: int = 64) -> float:
+    """Mean squared error on [-1, 1] samples over fixed chunks (with quantized latents)."""
+    if not len(chunks):
+        return float("nan")
+    model.eval()
+    total = 0.0
+    for i in range(0, len(chunks), batch_size):
+        x = chunks[i:i + batch_size].to(device)
+        with _autocast(device):
+            total += F.mse_loss(model(x).float(), x, reduction="sum").item()
+    model.train()
+    return total / chunks.numel()
+
+
+def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, val: torch.Tensor, *,
+        epochs: int, device: torch.device, state: TrainState | None = None,
+        on_step: Callable[[TrainState, float], None] | None = None,
+        on_epoch: Callable[[TrainState], None] | None = None, checkpoint_every: int = 0,
+        on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
+    """Train until `state.epoch == epochs`; an epoch sees as many chunks as the tracks hold.
+
+    `on_step(state, loss)` is called after every step (progress bars), `on_epoch`
+    after every epoch with the validation MSE recorded, `on_checkpoint` every
+    `checkpoint_every` steps.
+    """
+    state = state or TrainState()
+    bs = model.cfg.batch_size
+    steps = max(1, math.ceil(sampler.chunks_per_epoch / bs))
+    model.to(device).train()
+    while state.epoch < epochs:
+        t0, losses = time.perf_counter(), []
+        done = min(max(state.step - state.epoch * steps, 0), steps)  # resumed mid-epoch
+        for _ in range(steps - done):
+            x = sampler.batch(bs).to(device)
+            with _autocast(device):
+                loss = reconstruction_loss(model, x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            state.step += 1
+            losses.append(loss.item() / model.cfg.scale ** 2)
+            if on_step:
+                on_step(state, losses[-1])
+            if checkpoint_every and on_checkpoint and state.step % checkpoint_every == 0:
+                on_checkpoint(state)
+        state.epoch += 1
+        state.seconds += time.perf_counter() - t0
+        state.history.append({"epoch": state.epoch, "train_mse": float(np.mean(losses)) if losses else None,
+                              "val_mse": validate(model, val, device)})
+        if on_epoch:
+            on_epoch(state)
+    return state

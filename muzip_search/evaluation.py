@@ -1,0 +1,125 @@
+"""`evaluate`: the paper's table (MSE, MAE, R2, duration) plus SNR and stored kbps."""
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from indexer.audio import AudioError
+from indexer.collection import find_audio
+from indexer.decode import decode_files, pcm16_to_float
+from indexer.encode import decode_latents, encode_signal
+from models import Codec, load_codec, reconstruction_metrics
+
+from .device import pick_device
+
+TRACK_SECONDS = 30.0  # the paper reports duration per 30-s track
+
+
+@dataclass
+class EvalRow:
+    model: str
+    tracks: int
+    mse: float
+    mae: float
+    r2: float
+    snr_db: float
+    kbps: float
+    duration_ms: float
+
+
+def roundtrip(model: Codec, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """Encode and decode mono `[T]`; return the reconstruction `[T]` and the seconds it took."""
+    device = next(model.parameters()).device
+    t0 = time.perf_counter()
+    y = decode_latents(model, encode_signal(model, x), len(x))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return y, time.perf_counter() - t0
+
+
+def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", workers: int | None = None,
+             progress: bool = True) -> tuple[list[EvalRow], dict[str, str]]:
+    """One table row per checkpoint over every audio file under `root`.
+
+    Metrics are per track on [-1, 1] samples (the paper's x10 undone), then
+    averaged over tracks; duration is encode + decode time per 30 s of audio.
+    Returns the rows and the files that failed to decode (path -> reason).
+    """
+    dev = pick_device(device)
+    models = [load_codec(c, dev) for c in checkpoints]
+    rates = {m.cfg.sample_rate for m in models}
+    paths = find_audio(root)
+    per_model: list[list[dict]] = [[] for _ in models]
+    failed: dict[str, str] = {}
+    for rate in rates:
+        bar = tqdm(total=len(paths), desc=f"evaluate @ {rate} Hz", unit="track", disable=not progress)
+        for path, pcm in decode_files(paths, rate, workers=workers):
+            bar.update()
+            if isinstance(pcm, AudioError):
+                failed[str(path)] = pcm.reason
+                continue
+            x = pcm16_to_float(pcm)
+            for i, m in enumerate(models):
+                if m.cfg.sample_rate != rate:
+                    continue
+                y, seconds = roundtrip(m, x)
+                row = reconstruction_metrics(x, y)
+                row["duration_ms"] = 1000.0 * seconds * TRACK_SECONDS * rate / len(x)
+                per_model[i].append(row)
+        bar.close()
+    rows = []
+    for m, ckpt, track_rows in zip(models, checkpoints, per_model):
+        mean = {k: float(np.mean([r[k] for r in track_rows])) if track_rows else float("nan")
+                for k in ("mse", "mae", "r2", "snr_db", "duration_ms")}
+        rows.append(EvalRow(model=f"{m.cfg.name} ({Path(ckpt).name})", tracks=len(track_rows),
+                            kbps=round(m.cfg.kbps, 1), **mean))
+    return rows, failed
+
+
+def _spectrogram_db(x: np.ndarray, n_fft: int = 2048, hop: int = 512) -> np.ndarray:
+    """Magnitude spectrogram `[n_fft // 2 + 1, frames]` in dB (Hann window)."""
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft)
+    return 20 * np.log10(np.abs(np.fft.rfft(frames, axis=1)).T + 1e-6)
+
+
+def plot_reconstruction(path: Path, checkpoints: list[Path], out: Path, *, device: str = "auto") -> Path:
+    """Draw one track against each model's reconstruction: waveforms and spectrograms, as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from indexer.audio import load
+
+    dev = pick_device(device)
+    models = [load_codec(c, dev) for c in checkpoints]
+    rows = 1 + 1 + len(models)
+    fig, axes = plt.subplots(rows, 1, figsize=(12, 2.6 * rows), constrained_layout=True)
+    x = None
+    for i, m in enumerate(models):
+        sr = m.cfg.sample_rate
+        x = load(path, sr)
+        y, _ = roundtrip(m, x)
+        r2 = reconstruction_metrics(x, y)["r2"]
+        mid, span = len(x) // 2, int(0.02 * sr)  # 20 ms in the middle: sample-level detail
+        t = np.arange(span) / sr * 1000
+        if i == 0:
+            axes[0].plot(t, x[mid:mid + span], color="black", lw=1.2, label="original")
+            axes[1].imshow(_spectrogram_db(x), origin="lower", aspect="auto", vmin=-60, vmax=40,
+                           extent=(0, len(x) / sr, 0, sr / 2000))
+            axes[1].set_title("original: spectrogram (kHz over s)")
+        axes[0].plot(t, y[mid:mid + span], lw=0.9, label=f"{m.cfg.name} (R2 {r2:.4f})")
+        axes[2 + i].imshow(_spectrogram_db(y), origin="lower", aspect="auto", vmin=-60, vmax=40,
+                           extent=(0, len(y) / sr, 0, sr / 2000))
+        axes[2 + i].set_title(f"{m.cfg.name}, {m.cfg.kbps:.1f} kbps: reconstruction spectrogram")
+    axes[0].set_title(f"{Path(path).name}: 20 ms of waveform, original against reconstruction")
+    axes[0].set_xlabel("ms")
+    axes[0].legend(loc="upper right", fontsize=8)
+    out = Path(out)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+    return out

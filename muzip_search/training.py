@@ -1,0 +1,123 @@
+"""`train`: fit a codec preset on every audio file under a folder."""
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from indexer.audio import AudioError, info
+from indexer.collection import find_audio, sample_tracks, split_by_track
+from indexer.decode import decode_files
+from models import Codec, CodecConfig, preset, save_checkpoint
+from models.checkpoint import read_checkpoint
+from models.train import ChunkSampler, TrainState, fit, fixed_chunks
+
+from .device import pick_device
+
+
+@dataclass
+class TrainReport:
+    checkpoint: str
+    preset: str
+    train_tracks: int
+    val_tracks: int
+    failed: dict[str, str] = field(default_factory=dict)  # path -> reason
+    epochs: int = 0
+    steps: int = 0
+    seconds: float = 0.0
+    history: list = field(default_factory=list)
+
+
+class TrainError(Exception):
+    """A training run that cannot start (no usable audio, output exists, bad resume)."""
+
+
+def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 10, device: str = "auto",
+          resume: bool = False, val_fraction: float = 0.1, max_hours: float = 10.0, seed: int = 0,
+          checkpoint_every: int = 500, workers: int | None = None, progress: bool = True) -> TrainReport:
+    """Train on every audio file under `root`, validating on whole held-out tracks.
+
+    The checkpoint at `out` is rewritten after every epoch and every
+    `checkpoint_every` steps; `resume=True` continues the run saved there
+    (its config, optimizer and epoch count). An existing `out` without `resume`
+    is refused, so nothing is overwritten silently.
+    """
+    out = Path(out)
+    dev = pick_device(device)
+    state = TrainState()
+    if resume:
+        ckpt = read_checkpoint(out)
+        cfg = CodecConfig.from_dict(ckpt["config"])
+        state = TrainState(**ckpt["state"]) if ckpt["state"] else state
+    elif out.exists():
+        raise TrainError(f"{out} exists; pass --resume to continue it, or choose another --out")
+    else:
+        cfg, ckpt = preset(preset_name), None
+
+    paths = found = find_audio(root)
+    if not paths:
+        raise TrainError(f"no audio files under {root}")
+    failed: dict[str, str] = {}
+    durations = []
+    for p in paths:  # cheap header reads, to cap the total at max_hours before decoding
+        try:
+            durations.append(info(p).seconds or 0.0)
+        except AudioError as err:
+            durations.append(0.0)
+            failed[str(p)] = str(err.reason)
+    usable = [i for i, p in enumerate(paths) if str(p) not in failed]
+    keep = sample_tracks([paths[i] for i in usable], [durations[i] for i in usable], max_hours * 3600, seed)
+    paths = [paths[usable[i]] for i in keep]
+    train_paths, val_paths = split_by_track(paths, val_fraction, seed)
+
+    def decode(ps, what):
+        tracks = []
+        bar = tqdm(total=len(ps), desc=f"decode {what}", unit="file", disable=not progress)
+        for p, x in decode_files(ps, cfg.sample_rate, min_seconds=cfg.chunk / cfg.sample_rate, workers=workers):
+            if isinstance(x, AudioError):
+                failed[str(p)] = x.reason
+            else:
+                tracks.append(x)
+            bar.update()
+        bar.close()
+        return tracks
+
+    train_tracks, val_tracks = decode(train_paths, "train"), decode(val_paths, "val")
+    if not train_tracks:
+        raise TrainError(f"none of the {len(found)} audio files under {root} is usable for training")
+
+    torch.manual_seed(seed + state.step)
+    model = Codec(cfg).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer"):
+            optimizer.load_state_dict(ckpt["optimizer"])
+    sampler = ChunkSampler(train_tracks, cfg.chunk, seed=seed + state.step)
+    val = fixed_chunks(val_tracks, cfg.chunk)
+
+    def save(s: TrainState):
+        save_checkpoint(out, model, optimizer=optimizer, state=asdict(s))
+
+    steps_per_epoch = -(-sampler.chunks_per_epoch // cfg.batch_size)
+    bar = tqdm(total=epochs * steps_per_epoch, initial=min(state.step, epochs * steps_per_epoch),
+               desc=f"train {cfg.name}", unit="step", disable=not progress)
+
+    def on_step(s: TrainState, loss: float):
+        bar.update()
+        bar.set_postfix(epoch=s.epoch + 1, mse=f"{loss:.2e}")
+
+    def on_epoch(s: TrainState):
+        save(s)
+        h = s.history[-1]
+        if progress:
+            bar.write(f"epoch {h['epoch']}: train mse {h['train_mse']:.3e}  val mse {h['val_mse']:.3e}",
+                      file=sys.stderr)
+
+    state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
+                on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save)
+    bar.close()
+    save(state)
+    return TrainReport(str(out), cfg.name, len(train_tracks), len(val_tracks), failed, state.epoch,
+                       state.step, round(state.seconds, 1), state.history)

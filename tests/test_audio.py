@@ -1,0 +1,114 @@
+import os
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from indexer import audio
+from indexer.audio import AudioError, chunks, load, stream
+from indexer.collection import find_audio, split_by_track
+
+from .conftest import sine_mix, write_song
+
+
+@pytest.mark.parametrize("ext,kw", [("wav", {}), ("flac", {}), ("ogg", {}), ("mp3", {}),
+                                    ("opus", {"format": "OGG", "subtype": "OPUS"})])
+def test_decodes_each_format_to_mono_at_the_model_rate(tmp_path, ext, kw):
+    sr = 48000 if ext == "opus" else 22050
+    path = write_song(tmp_path / f"a.{ext}", seconds=1.5, sr=sr, channels=2, **kw)
+    x = load(path, 44100)
+    assert x.dtype == np.float32 and x.ndim == 1
+    # lossy codecs add a little priming delay; lengths stay within 50 ms
+    assert abs(len(x) - int(1.5 * 44100)) < 0.05 * 44100
+    assert 0.15 < np.abs(x).max() < 0.4
+
+
+def test_resampling_keeps_length_and_pitch():
+    t = np.arange(48000) / 48000
+    x = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+    y = audio.resample(x, 48000, 44100)
+    assert len(y) == 44100
+    spectrum = np.abs(np.fft.rfft(y))
+    assert int(np.argmax(spectrum)) == 1000  # 1-s signal: bin k is k Hz
+
+
+def test_downmix_is_the_channel_mean(tmp_path):
+    x = sine_mix(1.0, 8000)
+    sf.write(tmp_path / "st.wav", np.stack([x, np.zeros_like(x)], axis=1), 8000, subtype="FLOAT")
+    np.testing.assert_allclose(load(tmp_path / "st.wav", 8000), x / 2, atol=1e-7)
+
+
+def test_long_files_stream_in_bounded_blocks(tmp_path):
+    path = write_song(tmp_path / "long.flac", seconds=20.0, sr=8000)
+    blocks = [len(b) for b in stream(path, 8000, block_seconds=2.0)]
+    assert blocks == [16000] * 10
+
+
+def test_audioread_fallback_decodes_what_soundfile_cannot(tmp_path, monkeypatch):
+    path = write_song(tmp_path / "a.wav", seconds=1.0, sr=8000, subtype="PCM_16")
+    direct = load(path, 8000)
+
+    def refuse(*a, **k):
+        raise sf.LibsndfileError(0, "refused for the test")
+    monkeypatch.setattr(audio.sf, "info", refuse)
+    via_audioread = load(path, 8000)
+    assert audio.info(path).decoder == "audioread"
+    np.testing.assert_allclose(via_audioread, direct, atol=1 / 32768)
+
+
+def _mp3_bytes(tmp_path):
+    return write_song(tmp_path / "good.mp3", seconds=3.0, sr=44100).read_bytes()
+
+
+def bad_files(tmp_path):
+    good = _mp3_bytes(tmp_path)
+    files = {
+        "empty.mp3": b"",
+        "truncated.mp3": good[: len(good) // 3],
+        "corrupt.mp3": np.random.default_rng(0).bytes(5000),
+        "notes.wav": b"hello world, not a song " * 40,
+        "song.m4a": b"\x00\x00\x00\x20ftypM4A " + b"\x00" * 400,
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    write_song(tmp_path / "short.wav", seconds=0.3, sr=8000)
+    return tmp_path
+
+
+def test_each_bad_input_has_its_reason(tmp_path):
+    d = bad_files(tmp_path)
+    reasons = {}
+    for name in ["empty.mp3", "truncated.mp3", "corrupt.mp3", "notes.wav", "song.m4a", "missing.mp3"]:
+        with pytest.raises(AudioError) as err:
+            load(d / name, 44100)
+        reasons[name] = err.value.reason
+    with pytest.raises(AudioError) as err:
+        load(d / "short.wav", 8000, min_seconds=1.0)
+    reasons["short.wav"] = err.value.reason
+    assert reasons == {"empty.mp3": "empty", "truncated.mp3": "truncated", "corrupt.mp3": "corrupt",
+                       "notes.wav": "not audio", "song.m4a": "unsupported", "missing.mp3": "unreadable",
+                       "short.wav": "too short"}
+    assert str(err.value) == f"{d / 'short.wav'}: too short (0.30 s, the minimum is 1 s)"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file")
+def test_unreadable_file(tmp_path):
+    p = write_song(tmp_path / "locked.wav")
+    p.chmod(0)
+    with pytest.raises(AudioError) as err:
+        load(p, 8000)
+    assert err.value.reason == "unreadable"
+
+
+def test_chunks_pad_the_last_one():
+    c = chunks(np.ones(10, np.float32), 4)
+    assert c.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
+
+
+def test_collection_finds_audio_and_splits_by_track(music_dir):
+    paths = find_audio(music_dir)
+    assert [p.relative_to(music_dir).as_posix() for p in paths] == [
+        "song 0.wav", "song 1.flac", "song 2.ogg", "song 3.wav", "song 4.flac", "sub/song 5.ogg"]
+    train, val = split_by_track(paths, 0.34, seed=0)
+    assert len(train) == 4 and len(val) == 2 and not set(train) & set(val)
+    assert split_by_track(paths, 0.34, seed=0) == (train, val)  # reproducible

@@ -1,0 +1,62 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from muzip_search.cli import app
+
+runner = CliRunner()
+
+
+def commands():
+    return [c.name or c.callback.__name__ for c in app.registered_commands]
+
+
+def test_every_command_has_help_with_an_example():
+    assert runner.invoke(app, ["--help"]).exit_code == 0
+    for name in commands():
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example:" in result.output, name
+
+
+def test_train_then_evaluate_through_the_cli(music_dir, tmp_path):
+    ckpt = tmp_path / "tiny.pt"
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "2",
+                                 "--out", str(ckpt), "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert (report["preset"], report["epochs"], report["train_tracks"], report["val_tracks"]) == ("tiny", 2, 5, 1)
+    assert [h["epoch"] for h in report["history"]] == [1, 2]
+
+    # continuing the run: --resume picks up at epoch 2
+    result = runner.invoke(app, ["train", str(music_dir), "--out", str(ckpt), "--resume", "--epochs", "3",
+                                 "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["epochs"] == 3
+
+    result = runner.invoke(app, ["evaluate", str(music_dir), "--checkpoint", str(ckpt), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert len(rows) == 1
+    assert list(rows[0]) == ["model", "tracks", "mse", "mae", "r2", "snr_db", "kbps", "duration_ms"]
+    assert (rows[0]["model"], rows[0]["tracks"], rows[0]["kbps"]) == ("tiny (tiny.pt)", 6, 5.1)
+
+    plot = tmp_path / "p.png"
+    result = runner.invoke(app, ["evaluate", str(music_dir), "--checkpoint", str(ckpt), "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_refuses_to_overwrite(music_dir, tmp_path):
+    (tmp_path / "x.pt").write_bytes(b"x")
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code == 1
+    assert "exists; pass --resume" in result.output
+
+
+def test_train_reports_unusable_folders(tmp_path):
+    (tmp_path / "a.mp3").write_bytes(b"")
+    result = runner.invoke(app, ["train", str(tmp_path), "--preset", "tiny", "--out", str(tmp_path / "o.pt")])
+    assert result.exit_code == 1
+    assert "error: none of the 1 audio files" in result.output
