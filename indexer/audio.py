@@ -31,6 +31,9 @@ class AudioError(Exception):
         self.path, self.reason, self.detail = Path(path), reason, detail
         super().__init__(f"{path}: {reason}" + (f" ({detail})" if detail else ""))
 
+    def __reduce__(self):  # rebuilt whole when it crosses from a decoding process
+        return AudioError, (self.path, self.reason, self.detail)
+
 
 @dataclass(frozen=True)
 class AudioInfo:
@@ -86,9 +89,10 @@ def info(path) -> AudioInfo:
     try:
         with audioread.audio_open(str(path)) as f:
             return AudioInfo(path, f.samplerate, f.channels, f.duration or None, "audioread")
-    except Exception as err:
+    except Exception:
         reason = _sniff(path)
-        detail = "no decoder for this format; install ffmpeg" if reason == UNSUPPORTED else type(err).__name__
+        detail = {UNSUPPORTED: "no decoder for this format; install ffmpeg",
+                  CORRUPT: "no decoder could read it"}.get(reason, "")
         raise AudioError(path, reason, detail) from None
 
 
@@ -117,6 +121,18 @@ def _blocks_audioread(path: Path, block: int) -> Iterator[np.ndarray]:
                 pending = []
         if pending:
             yield np.concatenate(pending)
+
+
+PCM16_SCALE = 32768.0  # libsndfile's scale: 16-bit sources round-trip exactly
+
+
+def to_pcm16(x: np.ndarray) -> np.ndarray:
+    """float32 `[T]` in [-1, 1] -> int16, as libsndfile writes 16-bit PCM (half the memory of float32)."""
+    return np.clip(np.round(x * PCM16_SCALE), -32768, 32767).astype(np.int16)
+
+
+def pcm16_to_float(x: np.ndarray) -> np.ndarray:
+    return x.astype(np.float32) / PCM16_SCALE
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

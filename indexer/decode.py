@@ -6,15 +6,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .audio import AudioError, load
+from .audio import AudioError, load, to_pcm16
 
 
 def _decode_one(args) -> tuple[Path, np.ndarray | AudioError]:
     path, sample_rate, min_seconds, max_seconds = args
     try:
         x = load(path, sample_rate, min_seconds=min_seconds, max_seconds=max_seconds)
-        # int16 halves memory against float32 and loses nothing an MP3 held
-        return path, np.clip(np.round(x * 32767.0), -32768, 32767).astype(np.int16)
+        return path, to_pcm16(x)
     except AudioError as err:
         return path, err
 
@@ -33,7 +32,3 @@ def decode_files(paths: list[Path], sample_rate: int, *, min_seconds: float = 0.
         return
     with ProcessPoolExecutor(workers) as pool:
         yield from pool.map(_decode_one, jobs, chunksize=4)
-
-
-def pcm16_to_float(x: np.ndarray) -> np.ndarray:
-    return x.astype(np.float32) / 32767.0

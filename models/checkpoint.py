@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from .codec import Codec
+from .codec import Codec, build_codec
 from .config import CodecConfig
 
 FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ def read_checkpoint(path: Path) -> dict:
 def load_codec(path: Path, device: str | torch.device = "cpu") -> Codec:
     """Rebuild the codec from the config stored in the checkpoint and load its weights."""
     ckpt = read_checkpoint(path)
-    model = Codec(CodecConfig.from_dict(ckpt["config"]))
+    model = build_codec(CodecConfig.from_dict(ckpt["config"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
 

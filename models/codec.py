@@ -1,7 +1,12 @@
-"""The neural codec: a conv encoder to (optionally int8) latents and a conv decoder.
+"""The neural codecs: conv encoders to (optionally int8) latents and conv decoders.
 
+`build_codec(cfg)` makes the codec a config describes:
+- `PaperCodec`: the paper's models as the authors wrote them in Keras.
+- `LappedCodec`: ours; an MDCT-initialised lapped transform with residual MLPs.
 No file I/O here: see `checkpoint.py` for saving and loading.
 """
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -14,17 +19,62 @@ _ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}
 class Codec(nn.Module):
     """Waveform chunks `[B, chunk]` in [-1, 1] <-> latents `[B, C, F]` in [-1, 1].
 
-    `encode` returns the latents as stored: float32 for the paper's models, or
-    int8 for 8-bit models. `decode` accepts either and returns `[B, chunk]`.
+    Subclasses define `latents` (continuous, tanh-bounded) and `synthesize`.
+    `encode` returns latents as stored: float32 for the paper's models, int8 for
+    8-bit models; `decode` accepts either and returns `[B, chunk]`.
     """
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
-        act = cfg.activation
-        enc = cfg.encoder
-        # hidden layers use cfg.activation; the latent layer is always tanh, so latents
-        # lie in [-1, 1] and quantize on a fixed grid with no side information
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @property
+    def levels(self) -> int:
+        return 2 ** (self.cfg.latent_bits - 1) - 1  # 127 for int8: a symmetric grid
+
+    def quantize(self, z: torch.Tensor) -> torch.Tensor:
+        """Round to the stored grid with a straight-through gradient (identity for float32)."""
+        if self.cfg.latent_bits == 32:
+            return z
+        q = torch.round(z * self.levels) / self.levels
+        return z + (q - z).detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training path: chunks `[B, chunk]` -> reconstruction `[B, chunk]`."""
+        return self.synthesize(self.quantize(self.latents(x)))
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Chunks `[B, chunk]` -> stored latents `[B, C, F]` (int8 or float32)."""
+        z = self.latents(x).float()
+        if self.cfg.latent_bits == 32:
+            return z
+        return torch.round(z * self.levels).to(torch.int8)
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Stored latents `[B, C, F]` -> chunks `[B, chunk]`, clamped to [-1, 1]."""
+        return self.synthesize(self.dequantize(latents)).clamp(-1.0, 1.0)
+
+    def dequantize(self, latents: torch.Tensor) -> torch.Tensor:
+        """Stored latents -> float latents in [-1, 1]."""
+        z = latents.float()
+        return z / self.levels if latents.dtype == torch.int8 else z
+
+
+class PaperCodec(Codec):
+    """Conv1d(kernel = stride = frame) then 1x1 Conv1ds, tanh; linear last layer, flattened."""
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__(cfg)
+        act, enc = cfg.activation, cfg.encoder
+        # the latent layer is always tanh, so latents lie in [-1, 1] and quantize on a fixed grid
         acts = [act] * (len(enc) - 1) + ["tanh"]
         layers: list[nn.Module] = [nn.Conv1d(1, enc[0], cfg.kernel, stride=cfg.frame,
                                              padding=(cfg.kernel - cfg.frame) // 2),
@@ -44,49 +94,75 @@ class Codec(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    @property
-    def levels(self) -> int:
-        return 2 ** (self.cfg.latent_bits - 1) - 1  # 127 for int8: symmetric grid
-
     def latents(self, x: torch.Tensor) -> torch.Tensor:
-        """Continuous latents `[B, C, F]` of chunks `[B, chunk]` (no quantization)."""
-        return self.encoder(x.unsqueeze(1) * self.cfg.scale)
-
-    def quantize(self, z: torch.Tensor) -> torch.Tensor:
-        """Round to the stored grid with a straight-through gradient (identity for float32)."""
-        if self.cfg.latent_bits == 32:
-            return z
-        q = torch.round(z * self.levels) / self.levels
-        return z + (q - z).detach()
+        return self.encoder(x.unsqueeze(1) * self.cfg.scale)  # [B, C, F]
 
     def synthesize(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents `[B, C, F]` (float, in [-1, 1]) -> chunks `[B, chunk]`."""
         frames = self.decoder(z)  # [B, kernel, F]
         if not self.cfg.overlap:
-            y = frames.transpose(1, 2).reshape(z.shape[0], -1)  # frame after frame
+            y = frames.transpose(1, 2).reshape(z.shape[0], -1)  # frame after frame, as Keras' Flatten
         else:
-            pad = (self.cfg.kernel - self.cfg.frame) // 2
-            n = self.cfg.frame * frames.shape[-1]
-            y = F.fold(frames, output_size=(1, n + 2 * pad), kernel_size=(1, self.cfg.kernel),
-                       stride=(1, self.cfg.frame)).reshape(z.shape[0], -1)[:, pad:pad + n]
+            y = _overlap_add(frames, self.cfg.frame, (self.cfg.kernel - self.cfg.frame) // 2, self.cfg.chunk)
         return y / self.cfg.scale
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Training path: chunks `[B, chunk]` -> reconstruction `[B, chunk]`."""
-        return self.synthesize(self.quantize(self.latents(x)))
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Chunks `[B, chunk]` -> stored latents `[B, C, F]` (int8 or float32)."""
-        z = self.latents(x).float()
-        if self.cfg.latent_bits == 32:
-            return z
-        return torch.round(z * self.levels).to(torch.int8)
+def _overlap_add(frames: torch.Tensor, hop: int, pad: int, length: int) -> torch.Tensor:
+    """`[B, window, F]` -> `[B, length]`: frames hop apart, summed, the first `pad` samples dropped."""
+    window, n = frames.shape[1], frames.shape[2]
+    y = F.fold(frames, output_size=(1, hop * (n - 1) + window), kernel_size=(1, window), stride=(1, hop))
+    return y.reshape(frames.shape[0], -1)[:, pad:pad + length]
 
-    @torch.no_grad()
-    def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Stored latents `[B, C, F]` -> chunks `[B, chunk]`, clamped to [-1, 1]."""
-        z = latents.float()
-        if latents.dtype == torch.int8:
-            z = z / self.levels
-        return self.synthesize(z).clamp(-1.0, 1.0)
+
+def mdct_basis(n: int) -> torch.Tensor:
+    """Orthonormal MDCT basis `[n, 2n]` with a sine window: frames n apart reconstruct exactly (TDAC)."""
+    t = torch.arange(2 * n, dtype=torch.float64)
+    k = torch.arange(n, dtype=torch.float64)
+    window = torch.sin(math.pi * (t + 0.5) / (2 * n))
+    cos = torch.cos(math.pi / n * (t[None, :] + 0.5 + n / 2) * (k[:, None] + 0.5))
+    return (window * math.sqrt(2.0 / n) * cos).float()
+
+
+class LappedCodec(Codec):
+    """MDCT-initialised analysis/synthesis with linear skips and residual MLPs around int8 latents.
+
+    At initialisation it is an MDCT codec that keeps the `latent` lowest bins (a
+    low-pass); training then learns what to keep and how to rebuild the rest.
+    encoder = (bins, mlp width, latent); bins = frame; windows of 2 * frame.
+    """
+
+    GAIN = 32.0  # MDCT coefficients of x10 music reach ~30: bring them into tanh's linear range
+
+    def __init__(self, cfg: CodecConfig):
+        super().__init__(cfg)
+        bins, width, latent = cfg.encoder
+        act = _ACTIVATIONS[cfg.activation]
+        basis = mdct_basis(cfg.frame)  # [bins, 2 * frame]
+        self.analysis = nn.Conv1d(1, bins, 2 * cfg.frame, stride=cfg.frame, padding=cfg.frame, bias=False)
+        self.enc_skip = nn.Conv1d(bins, latent, 1, bias=False)
+        self.enc_mlp = nn.Sequential(nn.Conv1d(bins, width, 1), act(), nn.Conv1d(width, latent, 1))
+        self.dec_skip = nn.Conv1d(latent, bins, 1, bias=False)
+        self.dec_mlp = nn.Sequential(nn.Conv1d(latent, cfg.decoder[0], 1), act(),
+                                     nn.Conv1d(cfg.decoder[0], bins, 1))
+        self.synthesis = nn.Conv1d(bins, 2 * cfg.frame, 1, bias=False)
+        keep = torch.eye(latent, bins)  # the lowest `latent` bins
+        with torch.no_grad():
+            self.analysis.weight.copy_(basis[:, None, :])
+            self.synthesis.weight.copy_(basis.T[:, :, None] * self.GAIN)
+            self.enc_skip.weight.copy_(keep[:, :, None])
+            self.dec_skip.weight.copy_(keep.T[:, :, None])
+            for mlp in (self.enc_mlp, self.dec_mlp):  # residuals start at zero
+                nn.init.zeros_(mlp[-1].weight)
+                nn.init.zeros_(mlp[-1].bias)
+
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.analysis(x.unsqueeze(1) * self.cfg.scale) / self.GAIN  # [B, bins, F]
+        return torch.tanh(self.enc_skip(h) + self.enc_mlp(h))  # [B, C, F]
+
+    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
+        u = self.dec_skip(z) + self.dec_mlp(z)  # [B, bins, F]
+        frames = self.synthesis(u)  # [B, 2 * frame, F]
+        return _overlap_add(frames, self.cfg.frame, self.cfg.frame, self.cfg.chunk) / self.cfg.scale
+
+
+def build_codec(cfg: CodecConfig) -> Codec:
+    return {"paper": PaperCodec, "lapped": LappedCodec}[cfg.arch](cfg)

@@ -17,8 +17,9 @@ class CodecConfig:
     """
     name: str
     frame: int                      # hop of the analysis conv, in samples
-    encoder: tuple[int, ...]        # channel widths; the last one is the latent size
-    decoder: tuple[int, ...]        # hidden widths before the linear synthesis layer
+    arch: str = "paper"             # "paper": plain conv stack; "lapped": MDCT-initialised, residual
+    encoder: tuple[int, ...] = ()   # channel widths; the last one is the latent size
+    decoder: tuple[int, ...] = ()   # hidden widths before the linear synthesis layer
     overlap: bool = False           # analysis/synthesis windows of 2 * frame (50 % overlap)
     activation: str = "tanh"        # hidden activation; latents are always tanh-bounded
     latent_bits: int = 32           # 32 = float32 latents (the paper); 8 = stored as int8
@@ -33,6 +34,10 @@ class CodecConfig:
     def __post_init__(self):
         if self.chunk % self.frame:
             raise ValueError(f"chunk {self.chunk} is not a multiple of frame {self.frame}")
+        if self.arch not in ("paper", "lapped"):
+            raise ValueError(f"unknown arch {self.arch!r}")
+        if self.arch == "lapped" and (not self.overlap or len(self.encoder) != 3 or len(self.decoder) != 1):
+            raise ValueError("a lapped codec overlaps and has encoder (bins, width, latent), decoder (width,)")
         if self.latent_bits not in (8, 32):
             raise ValueError("latent_bits must be 8 (int8) or 32 (float32)")
 
@@ -42,8 +47,8 @@ class CodecConfig:
 
     @property
     def frames(self) -> int:
-        """Latent frames per chunk."""
-        return self.chunk // self.frame
+        """Latent frames per chunk; the lapped codec adds one so every sample lies under two windows."""
+        return self.chunk // self.frame + (1 if self.arch == "lapped" else 0)
 
     @property
     def latent_dim(self) -> int:
@@ -78,12 +83,14 @@ PRESETS: dict[str, CodecConfig] = {
                       description="Muzip paper, Model 2: frames of 500, latent 88 x 125"),
     "m3": CodecConfig("m3", frame=200, encoder=(200, 150, 100, 50), decoder=(50, 100, 150, 200),
                       description="Muzip paper, Model 3: frames of 200, latent 220 x 50"),
-    # Ours: 50 %-overlapped frames of 250, int8 latents 45 x 176 per chunk = 63.5 kbps.
-    "default": CodecConfig("default", frame=250, encoder=(256, 256, 45), decoder=(256, 256),
+    # Ours: an MDCT-initialised lapped transform (frames of 250, windows of 500) with
+    # residual MLPs; int8 latents 45 x 177 per chunk = 63.9 kbps.
+    # encoder = (transform bins, MLP width, latent); decoder = (MLP width,)
+    "default": CodecConfig("default", frame=250, arch="lapped", encoder=(250, 512, 45), decoder=(512,),
                            overlap=True, activation="gelu", latent_bits=8, batch_size=32,
-                           description="overlapped frames, int8 latents at 63.5 kbps"),
+                           description="lapped transform, int8 latents at 63.9 kbps"),
     # Trains in seconds on a CPU; for tests only.
-    "tiny": CodecConfig("tiny", frame=100, encoder=(16, 8), decoder=(16,), chunk=4000,
+    "tiny": CodecConfig("tiny", frame=100, arch="lapped", encoder=(100, 32, 10), decoder=(32,), chunk=4000,
                         sample_rate=8000, overlap=True, activation="gelu", latent_bits=8,
                         batch_size=8, lr=3e-3, description="test-sized codec"),
 }

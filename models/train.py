@@ -13,6 +13,8 @@ import torch.nn.functional as F
 
 from .codec import Codec
 
+PCM16_SCALE = 32768.0  # tracks arrive as int16 PCM, scaled as libsndfile scales it
+
 
 @dataclass
 class TrainState:
@@ -46,7 +48,7 @@ class ChunkSampler:
         for row, i in enumerate(idx):
             start = self.rng.integers(0, len(self.tracks[i]) - self.chunk + 1)
             out[row] = self.tracks[i][start:start + self.chunk]
-        return torch.from_numpy(out) / 32767.0
+        return torch.from_numpy(out) / PCM16_SCALE
 
 
 def fixed_chunks(tracks: list[np.ndarray], chunk: int) -> torch.Tensor:
@@ -54,7 +56,7 @@ def fixed_chunks(tracks: list[np.ndarray], chunk: int) -> torch.Tensor:
     rows = [t[:len(t) // chunk * chunk].reshape(-1, chunk) for t in tracks if len(t) >= chunk]
     if not rows:
         return torch.zeros(0, chunk)
-    return torch.from_numpy(np.concatenate(rows).astype(np.float32) / 32767.0)
+    return torch.from_numpy(np.concatenate(rows).astype(np.float32) / PCM16_SCALE)
 
 
 def _autocast(device: torch.device):

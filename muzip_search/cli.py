@@ -122,3 +122,207 @@ def evaluate(
 
 def main():
     app()
+
+
+# --- the index ------------------------------------------------------------------------------------
+IndexDir = Annotated[Path, typer.Option("--index", envvar="MUZIP_INDEX",
+                                        help="Index folder (default: $MUZIP_INDEX, else ./muzip-index).")]
+DEFAULT_INDEX_DIR = Path("muzip-index")
+
+
+def _open(index_dir: Path, device: str = "auto"):
+    from indexer.index import Index, IndexOpenError
+    from .device import pick_device
+    try:
+        return Index.open(index_dir, device=pick_device(device))
+    except (IndexOpenError, CheckpointError) as err:
+        fail(str(err))
+
+
+@app.command()
+def index(
+    directory: Annotated[Path, typer.Argument(help="Music folder (or one file) to index, recursively.",
+                                              exists=True)],
+    index_dir: IndexDir = DEFAULT_INDEX_DIR,
+    checkpoint: Annotated[Path | None, typer.Option(help="Codec for a new index (default: the shipped one).",
+                                                    exists=True, dir_okay=False)] = None,
+    metadata: Annotated[Path | None, typer.Option(help="FMA tracks.csv (default: fma_metadata/tracks.csv "
+                                                       "beside or above DIRECTORY).", exists=True,
+                                                  dir_okay=False)] = None,
+    prune: Annotated[bool, typer.Option(help="Remove tracks whose files have vanished.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="Decoding processes (default: one per core).")] = None,
+    device: Device = "auto",
+    json_out: Json = False,
+):
+    """Index every audio file under a folder; re-running indexes only what changed.
+
+    Example:  muzip-search index fma_small/ --index ~/fma-index
+    """
+    from indexer.index import IndexOpenError
+    from .indexing import index_folder
+    try:
+        r = index_folder(directory, index_dir, checkpoint=checkpoint, metadata=metadata, prune=prune,
+                         device=device, workers=workers, progress=not json_out)
+    except (IndexOpenError, CheckpointError, RuntimeError) as err:
+        fail(str(err))
+    if json_out:
+        print_json({"index": r.index, "indexed": r.indexed, "skipped": r.skipped, "failed": r.failed,
+                    "vanished": r.vanished, "pruned": r.pruned, "audio_hours": round(r.audio_hours, 4),
+                    "seconds": round(r.seconds, 2), "realtime": round(r.realtime, 1), "metadata": r.metadata})
+    else:
+        for path, reason in r.failed.items():
+            typer.echo(f"failed {path}: {reason}", err=True)
+        for path in r.vanished:
+            typer.echo(f"{'removed' if prune else 'vanished'} {path}", err=True)
+        typer.echo(f"{r.index}: indexed {r.indexed}, skipped {r.skipped} unchanged, failed {len(r.failed)}, "
+                   f"vanished {len(r.vanished)}" + (f" (pruned {r.pruned})" if prune else "")
+                   + f"; {r.audio_hours:.2f} h of audio in {r.seconds:.1f} s ({r.realtime:.0f}x real time)")
+    if r.failed:
+        raise typer.Exit(2)  # the run finished, but some files could not be indexed
+
+
+@app.command()
+def query(
+    clips: Annotated[list[Path], typer.Argument(help="Audio clips to look up (any common format).")],
+    index_dir: IndexDir = DEFAULT_INDEX_DIR,
+    top: Annotated[int, typer.Option(min=1, help="Matches per clip.")] = 5,
+    min_score: Annotated[float, typer.Option(help="Hide matches scoring below this (-1 to 1).")] = 0.0,
+    reconstruct_dir: Annotated[Path | None, typer.Option("--reconstruct", file_okay=False,
+                                                         help="Write each match's span, decoded from the "
+                                                              "stored latents, as WAV in this folder.")] = None,
+    device: Device = "auto",
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per clip, one per line.")] = False,
+):
+    """Find the tracks a clip comes from and where in each it starts.
+
+    Example:  muzip-search query clip.wav other.mp3 --top 3 --json
+    """
+    from indexer.audio import load
+    from .reconstruct import reconstruct, write_wav
+    from .search import ClipTooShort, Searcher
+    idx = _open(index_dir, device)
+    searcher = Searcher(idx)
+    errors = 0
+    for clip in clips:
+        try:
+            x = load(clip, idx.model.cfg.sample_rate)
+            matches = searcher.search(x, top=top, min_score=min_score)
+        except (AudioError, ClipTooShort) as err:
+            errors += 1
+            msg = str(err) if isinstance(err, AudioError) else f"{clip}: {err}"
+            if json_out:
+                print_json({"query": str(clip), "matches": [], "error": msg})
+            else:
+                typer.echo(f"error: {msg}", err=True)
+            continue
+        if json_out:
+            print_json({"query": str(clip), "matches": [m.to_json() for m in matches]})
+        else:
+            typer.echo(f"{clip}:" + ("" if matches else " no match"))
+            for rank, m in enumerate(matches, 1):
+                label = " - ".join(v for v in (m.artist, m.title) if v) or Path(m.path).name
+                typer.echo(f"  {rank}. track {m.track_id} at {m.offset_s:.2f} s  score {m.score:.3f}  {label}"
+                           + (f"  [{m.genre}]" if m.genre else ""))
+        if reconstruct_dir is not None:
+            for rank, m in enumerate(matches, 1):
+                y = reconstruct(idx, m.track_id, m.offset_s, m.offset_s + m.span_s)
+                out = reconstruct_dir / f"{Path(clip).stem}.{rank}.track{m.track_id}.{m.offset_s:.2f}s.wav"
+                try:
+                    write_wav(out, y, idx.model.cfg.sample_rate)
+                except FileExistsError as err:
+                    fail(str(err))
+    idx.close()
+    if errors:
+        raise typer.Exit(1)
+
+
+def _track_id(idx, ref: str) -> int:
+    if ref.isdigit() and idx.catalog.track(int(ref)):
+        return int(ref)
+    row = idx.catalog.track_by_path(str(Path(ref).resolve()))
+    if row is None:
+        fail(f"{ref}: no such track in {idx.root}")
+    return row["id"]
+
+
+@app.command(name="reconstruct")
+def reconstruct_cmd(
+    track: Annotated[str, typer.Argument(help="Track id (or indexed file path).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="WAV file to write (never overwritten).")],
+    start: Annotated[float, typer.Option(min=0.0, help="Start, in seconds.")] = 0.0,
+    end: Annotated[float | None, typer.Option(min=0.0, help="End, in seconds (default: the track's end).")] = None,
+    index_dir: IndexDir = DEFAULT_INDEX_DIR,
+    device: Device = "auto",
+):
+    """Decode a stored track (or part of it) from its latents to WAV.
+
+    Example:  muzip-search reconstruct 2 --start 10 --end 15 -o track2.wav
+    """
+    from .reconstruct import reconstruct, write_wav
+    idx = _open(index_dir, device)
+    tid = _track_id(idx, track)
+    y = reconstruct(idx, tid, start, end)
+    try:
+        write_wav(out, y, idx.model.cfg.sample_rate)
+    except FileExistsError as err:
+        fail(str(err))
+    typer.echo(f"{out}: track {tid}, {len(y) / idx.model.cfg.sample_rate:.2f} s", err=True)
+
+
+@app.command()
+def similar(
+    track: Annotated[str, typer.Argument(help="Track id (or indexed file path).")],
+    top: Annotated[int, typer.Option(min=1, help="How many tracks.")] = 5,
+    index_dir: IndexDir = DEFAULT_INDEX_DIR,
+    json_out: Json = False,
+):
+    """The tracks nearest to one track by whole-track vector.
+
+    Example:  muzip-search similar 2 --top 10 --json
+    """
+    from .similar import similar_tracks
+    idx = _open(index_dir)
+    tid = _track_id(idx, track)
+    rows = similar_tracks(idx, tid, top)
+    if json_out:
+        print_json({"track_id": tid, "similar": rows})
+    else:
+        for r in rows:
+            label = " - ".join(v for v in (r["artist"], r["title"]) if v) or Path(r["path"]).name
+            typer.echo(f"track {r['track_id']}  score {r['score']:.3f}  {label}")
+
+
+@app.command()
+def stats(index_dir: IndexDir = DEFAULT_INDEX_DIR, json_out: Json = False):
+    """What the index holds: tracks, hours, failures, bytes on disk, kbps, model, FAISS type.
+
+    Example:  muzip-search stats --json
+    """
+    from .similar import index_stats
+    idx = _open(index_dir)
+    s = index_stats(idx)
+    if json_out:
+        print_json(s)
+    else:
+        for k, v in s.items():
+            typer.echo(f"{k:>20}: {v}")
+
+
+@app.command()
+def remove(
+    tracks: Annotated[list[str], typer.Argument(help="Track ids or indexed file paths.")],
+    index_dir: IndexDir = DEFAULT_INDEX_DIR,
+    json_out: Json = False,
+):
+    """Remove tracks (and their latents and vectors) from the index.
+
+    Example:  muzip-search remove 2 fma_small/000/000005.mp3
+    """
+    idx = _open(index_dir)
+    ids = [_track_id(idx, t) for t in tracks]
+    n = idx.catalog.remove(ids)
+    idx.save_faiss()
+    if json_out:
+        print_json({"removed": ids})
+    else:
+        typer.echo(f"removed {n} track(s)")

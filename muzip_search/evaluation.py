@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from indexer.audio import AudioError
 from indexer.collection import find_audio
-from indexer.decode import decode_files, pcm16_to_float
+from indexer.audio import pcm16_to_float
+from indexer.decode import decode_files
 from indexer.encode import decode_latents, encode_signal
 from models import Codec, load_codec, reconstruction_metrics
 

@@ -9,7 +9,7 @@ from tqdm import tqdm
 from indexer.audio import AudioError, info
 from indexer.collection import find_audio, sample_tracks, split_by_track
 from indexer.decode import decode_files
-from models import Codec, CodecConfig, preset, save_checkpoint
+from models import CodecConfig, build_codec, preset, save_checkpoint
 from models.checkpoint import read_checkpoint
 from models.train import ChunkSampler, TrainState, fit, fixed_chunks
 
@@ -88,7 +88,7 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
         raise TrainError(f"none of the {len(found)} audio files under {root} is usable for training")
 
     torch.manual_seed(seed + state.step)
-    model = Codec(cfg).to(dev)
+    model = build_codec(cfg).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -32,3 +32,55 @@ def music_dir(tmp_path) -> Path:
         write_song(sub / f"song {i}.{ext}", seconds=2.0, sr=8000, channels=1 + i % 2, seed=i)
     (d / "notes.txt").write_text("not music")
     return d
+
+
+def song(seconds: float, sr: int = 44100, seed: int = 0) -> np.ndarray:
+    """A synthetic "song": a random melody of 8th notes with its own timbre and a noise-burst beat."""
+    rng = np.random.default_rng(1000 + seed)
+    note = int(0.125 * sr)
+    n = int(seconds * sr)
+    t = np.arange(note) / sr
+    harmonics = rng.uniform(0.1, 1.0, 6) / np.arange(1, 7)
+    env = np.exp(-t * rng.uniform(4, 12))
+    out = np.zeros(n + note, np.float32)
+    for k, start in enumerate(range(0, n, note)):
+        f0 = 110 * 2 ** (rng.integers(0, 36) / 12)
+        tone = sum(a * np.sin(2 * np.pi * f0 * (h + 1) * t) for h, a in enumerate(harmonics))
+        out[start:start + note] += (tone * env).astype(np.float32)
+        if k % 4 == 0:  # a beat: a short noise burst
+            out[start:start + note // 4] += 0.3 * rng.standard_normal(note // 4).astype(np.float32)
+    out = out[:n]
+    return (0.5 * out / np.abs(out).max()).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def untrained_default(tmp_path_factory) -> Path:
+    """The default preset before training: an MDCT codec (its residual layers start at zero)."""
+    import torch
+
+    from models import build_codec, preset, save_checkpoint
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "default-untrained.pt"
+    save_checkpoint(path, build_codec(preset("default")))
+    return path
+
+
+SONGS = 12
+SONG_SECONDS = 6.0
+
+
+@pytest.fixture(scope="session")
+def songs_dir(tmp_path_factory) -> Path:
+    """A dozen 6-s songs, FMA-named, with an FMA tracks.csv beside them."""
+    root = tmp_path_factory.mktemp("fma")
+    for i in range(SONGS):
+        folder = root / "fma_small" / "000"
+        folder.mkdir(parents=True, exist_ok=True)
+        sf.write(folder / f"{i + 2:06d}.wav", song(SONG_SECONDS, seed=i), 44100)
+    meta = root / "fma_metadata"
+    meta.mkdir()
+    lines = [",album,artist,set,set,track,track,track", ",title,name,split,subset,genre_top,title,duration",
+             "track_id,,,,,,,"]
+    lines += [f"{i + 2},Album {i},Artist {i},training,small,Genre {i % 3},Song {i},6" for i in range(SONGS)]
+    (meta / "tracks.csv").write_text("\n".join(lines) + "\n")
+    return root

@@ -40,7 +40,7 @@ def test_train_then_evaluate_through_the_cli(music_dir, tmp_path):
     rows = json.loads(result.stdout)
     assert len(rows) == 1
     assert list(rows[0]) == ["model", "tracks", "mse", "mae", "r2", "snr_db", "kbps", "duration_ms"]
-    assert (rows[0]["model"], rows[0]["tracks"], rows[0]["kbps"]) == ("tiny (tiny.pt)", 6, 5.1)
+    assert (rows[0]["model"], rows[0]["tracks"], rows[0]["kbps"]) == ("tiny (tiny.pt)", 6, 6.6)
 
     plot = tmp_path / "p.png"
     result = runner.invoke(app, ["evaluate", str(music_dir), "--checkpoint", str(ckpt), "--plot", str(plot)])

@@ -1,7 +1,9 @@
+from dataclasses import replace
+
 import numpy as np
 import torch
 
-from models import PRESETS, Codec, load_codec, model_checksum, preset, save_checkpoint
+from models import PRESETS, build_codec, load_codec, model_checksum, preset, save_checkpoint
 from models.train import ChunkSampler, fit, fixed_chunks, reconstruction_loss
 
 from .conftest import sine_mix
@@ -10,7 +12,7 @@ from .conftest import sine_mix
 def test_preset_shapes_round_trip():
     shapes = {}
     for name, cfg in PRESETS.items():
-        model = Codec(cfg).eval()
+        model = build_codec(cfg).eval()
         x = torch.rand(3, cfg.chunk) * 2 - 1
         z = model.encode(x)
         y = model.decode(z)
@@ -19,14 +21,14 @@ def test_preset_shapes_round_trip():
         "m1": ((3, 250, 44), "torch.float32", (3, 44000)),
         "m2": ((3, 125, 88), "torch.float32", (3, 44000)),
         "m3": ((3, 50, 220), "torch.float32", (3, 44000)),
-        "default": ((3, 45, 176), "torch.int8", (3, 44000)),
-        "tiny": ((3, 8, 40), "torch.int8", (3, 4000)),
+        "default": ((3, 45, 177), "torch.int8", (3, 44000)),
+        "tiny": ((3, 10, 41), "torch.int8", (3, 4000)),
     }
 
 
 def test_paper_models_layers_as_published():
     # Model 3: Conv1D(200, k=200, s=200), 1x1 150, 100, 50 | 50, 100, 150, 200, linear 200
-    m = Codec(preset("m3"))
+    m = build_codec(preset("m3"))
     convs = [(c.in_channels, c.out_channels, c.kernel_size[0], c.stride[0])
              for c in m.modules() if isinstance(c, torch.nn.Conv1d)]
     assert convs == [(1, 200, 200, 200), (200, 150, 1, 1), (150, 100, 1, 1), (100, 50, 1, 1),
@@ -37,12 +39,21 @@ def test_paper_models_layers_as_published():
 
 def test_stored_bitrates():
     assert {n: round(c.kbps, 1) for n, c in PRESETS.items()} == {
-        "m1": 352.8, "m2": 352.8, "m3": 352.8, "default": 63.5, "tiny": 5.1}
+        "m1": 352.8, "m2": 352.8, "m3": 352.8, "default": 63.9, "tiny": 6.6}
+
+
+def test_lapped_transform_reconstructs_exactly_with_every_bin():
+    # with all bins kept and float latents, the MDCT initialisation is a perfect-reconstruction codec
+    # (for a quiet signal, where the tanh on the latents is linear)
+    cfg = replace(preset("default"), encoder=(250, 64, 250), latent_bits=32)
+    x = torch.from_numpy(sine_mix(3.0, 44100, amp=0.003)[:88000].reshape(2, 44000))
+    with torch.no_grad():
+        assert torch.allclose(build_codec(cfg)(x), x, atol=1e-6)
 
 
 def test_int8_latents_decode_like_the_quantized_forward():
     torch.manual_seed(0)
-    m = Codec(preset("tiny")).eval()
+    m = build_codec(preset("tiny")).eval()
     x = torch.from_numpy(sine_mix(1.0, 8000)[:4000]).unsqueeze(0)
     assert torch.allclose(m.decode(m.encode(x)), m(x).clamp(-1, 1), atol=1e-6)
 
@@ -50,20 +61,21 @@ def test_int8_latents_decode_like_the_quantized_forward():
 def test_tiny_model_learns_a_sine_mix():
     torch.manual_seed(0)
     cfg = preset("tiny")
-    tracks = [np.round(sine_mix(4.0, 8000, seed=s) * 32767).astype(np.int16) for s in range(3)]
-    model = Codec(cfg)
+    tracks = [np.round(sine_mix(4.0, 8000, seed=s) * 32768).astype(np.int16) for s in range(3)]
+    model = build_codec(cfg)
     val = fixed_chunks(tracks, cfg.chunk)
     before = reconstruction_loss(model, val).item()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     state = fit(model, opt, ChunkSampler(tracks, cfg.chunk), val, epochs=80, device=torch.device("cpu"))
     after = reconstruction_loss(model.eval(), val).item()
     assert state.epoch == 80 and len(state.history) == 80
-    assert after < before / 10, (before, after)  # the loss falls at least tenfold
+    # it starts as an MDCT low-pass, already near the tones; training cuts what is left at least threefold
+    assert after < before / 3, (before, after)
 
 
 def test_checkpoint_rebuilds_the_same_model(tmp_path):
     torch.manual_seed(1)
-    m = Codec(preset("tiny")).eval()
+    m = build_codec(preset("tiny")).eval()
     save_checkpoint(tmp_path / "c.pt", m, state={"epoch": 3})
     back = load_codec(tmp_path / "c.pt")
     x = torch.rand(2, 4000) * 2 - 1

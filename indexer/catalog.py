@@ -1,0 +1,216 @@
+"""The catalog: SQLite (through sqlite-utils) is the source of truth of an index.
+
+Tables:
+- `tracks`: one row per file seen (path, size, mtime, content hash, duration,
+  original rate and channels, FMA metadata, status `indexed` or `failed` + reason).
+- `latents`: each indexed track's int8 latents `[N, C, F]`, enough to decode any second.
+- `vectors`: each track's window vectors `[W, D]` (float16) and whole-track vector.
+- `meta`: the manifest and the `generation`, bumped in the same transaction as
+  every change, so FAISS files stamped with a generation are stale exactly when
+  the catalog has moved on.
+Every track is written in one transaction: a kill at any moment leaves a track
+wholly in or wholly out.
+"""
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TrackRecord:
+    """Everything the catalog stores about one file."""
+    path: str
+    size: int
+    mtime: float
+    hash: str
+    status: str                         # "indexed" or "failed"
+    reason: str | None = None
+    seconds: float | None = None
+    sample_rate: int | None = None
+    channels: int | None = None
+    title: str | None = None
+    artist: str | None = None
+    album: str | None = None
+    genre: str | None = None
+    latents: np.ndarray | None = None   # int8 [N, C, F]
+    samples: int | None = None          # samples at the model's rate (the last chunk is padded)
+    windows: np.ndarray | None = None   # float16 [W, D]
+    whole: np.ndarray | None = None     # float32 [D2]
+    wanted_id: int | None = None        # FMA id from the file name, if any
+
+
+class Catalog:
+    def __init__(self, path: Path, readonly: bool = False):
+        self.path = Path(path)
+        uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
+        conn = sqlite3.connect(uri, uri=readonly, timeout=60, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 60000")
+        if not readonly:
+            conn.execute("PRAGMA journal_mode = WAL")  # readers never block the single writer
+            conn.execute("PRAGMA synchronous = NORMAL")
+        self.db = sqlite_utils.Database(conn)
+        if not readonly:
+            self._create()
+
+    def _create(self):
+        db = self.db
+        if "meta" not in db.table_names():
+            with db.conn:
+                db["meta"].create({"key": str, "value": str}, pk="key")
+                db["tracks"].create({
+                    "id": int, "path": str, "size": int, "mtime": float, "hash": str, "status": str,
+                    "reason": str, "seconds": float, "sample_rate": int, "channels": int, "title": str,
+                    "artist": str, "album": str, "genre": str, "chunks": int, "indexed_at": float}, pk="id")
+                db["tracks"].create_index(["path"], unique=True)
+                db["latents"].create({"track_id": int, "chunks": int, "samples": int, "shape": str,
+                                      "data": bytes}, pk="track_id")
+                db["vectors"].create({"track_id": int, "windows": int, "dim": int, "data": bytes,
+                                      "whole": bytes}, pk="track_id")
+                db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
+                                       {"key": "generation", "value": "0"}])
+
+    # --- meta -----------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.db.conn:
+            self.db["meta"].upsert({"key": key, "value": value}, pk="key")
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation", "0"))
+
+    def _bump(self) -> None:
+        self.db.execute("update meta set value = cast(value as integer) + 1 where key = 'generation'")
+
+    # --- tracks ---------------------------------------------------------------
+    def known(self) -> dict[str, tuple[int, float, str]]:
+        """path -> (size, mtime, status) of every file in the catalog."""
+        return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute("select path, size, mtime, status from tracks")}
+
+    def _new_id(self, wanted: int | None) -> int:
+        if wanted is not None and not self.db.execute("select 1 from tracks where id = ?", [wanted]).fetchone():
+            return wanted
+        # files whose names are not FMA ids get ids above FMA's range
+        top = self.db.execute("select max(id) from tracks").fetchone()[0] or 0
+        return max(top + 1, 10_000_000)
+
+    def write(self, rec: TrackRecord) -> int:
+        """Insert or replace one file's rows in a single transaction; return its track id."""
+        db = self.db
+        db.execute("begin immediate")
+        try:
+            old = db.execute("select id from tracks where path = ?", [rec.path]).fetchone()
+            if old:
+                self._delete_rows(old[0])
+            track_id = old[0] if old else self._new_id(rec.wanted_id)
+            db["tracks"].insert({
+                "id": track_id, "path": rec.path, "size": rec.size, "mtime": rec.mtime, "hash": rec.hash,
+                "status": rec.status, "reason": rec.reason, "seconds": rec.seconds,
+                "sample_rate": rec.sample_rate, "channels": rec.channels, "title": rec.title,
+                "artist": rec.artist, "album": rec.album, "genre": rec.genre,
+                "chunks": None if rec.latents is None else len(rec.latents), "indexed_at": time.time()})
+            if rec.status == "indexed":
+                db["latents"].insert({"track_id": track_id, "chunks": len(rec.latents), "samples": rec.samples,
+                                      "shape": json.dumps(list(rec.latents.shape[1:])),
+                                      "data": rec.latents.astype(np.int8).tobytes()})
+                db["vectors"].insert({"track_id": track_id, "windows": len(rec.windows),
+                                      "dim": rec.windows.shape[1],
+                                      "data": rec.windows.astype(np.float16).tobytes(),
+                                      "whole": rec.whole.astype(np.float32).tobytes()})
+            self._bump()
+            db.execute("commit")
+        except BaseException:
+            db.execute("rollback")
+            raise
+        return track_id
+
+    def _delete_rows(self, track_id: int) -> None:
+        for table, key in (("latents", "track_id"), ("vectors", "track_id"), ("tracks", "id")):
+            self.db.execute(f"delete from {table} where {key} = ?", [track_id])
+
+    def remove(self, track_ids: list[int]) -> int:
+        """Delete tracks and everything stored for them; return how many existed."""
+        self.db.execute("begin immediate")
+        n = 0
+        for tid in track_ids:
+            if self.db.execute("select 1 from tracks where id = ?", [tid]).fetchone():
+                self._delete_rows(tid)
+                n += 1
+        if n:
+            self._bump()
+        self.db.execute("commit")
+        return n
+
+    def track(self, track_id: int) -> dict | None:
+        rows = list(self.db.query("select * from tracks where id = ?", [track_id]))
+        return rows[0] if rows else None
+
+    def track_by_path(self, path: str) -> dict | None:
+        rows = list(self.db.query("select * from tracks where path = ?", [path]))
+        return rows[0] if rows else None
+
+    def tracks(self, track_ids) -> dict[int, dict]:
+        ids = list(track_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        return {r["id"]: r for r in self.db.query(f"select * from tracks where id in ({marks})", ids)}
+
+    def latents(self, track_id: int, first: int = 0, last: int | None = None) -> tuple[np.ndarray, int] | None:
+        """int8 latents `[n, C, F]` of chunks `first` to `last` (exclusive) of a track, and its length in samples.
+
+        Only those chunks are read from the database, so any second of a long track is cheap.
+        """
+        row = self.db.execute("select chunks, samples, shape from latents where track_id = ?", [track_id]).fetchone()
+        if row is None:
+            return None
+        chunks, samples, shape = row
+        c, f = json.loads(shape)
+        first = max(0, first)
+        last = chunks if last is None else min(last, chunks)
+        if last <= first:
+            return np.zeros((0, c, f), np.int8), samples
+        size = c * f
+        blob = self.db.execute("select substr(data, ?, ?) from latents where track_id = ?",
+                               [first * size + 1, (last - first) * size, track_id]).fetchone()[0]
+        return np.frombuffer(blob, dtype=np.int8).reshape(last - first, c, f), samples
+
+    def all_vectors(self):
+        """Yield (track_id, window vectors float16 [W, D], whole-track vector [D2]) of every track."""
+        for tid, w, d, data, whole in self.db.execute(
+                "select track_id, windows, dim, data, whole from vectors order by track_id"):
+            yield tid, np.frombuffer(data, dtype=np.float16).reshape(w, d), np.frombuffer(whole, dtype=np.float32)
+
+    def track_vector(self, track_id: int) -> np.ndarray:
+        """The whole-track vector `[D2]` of an indexed track."""
+        row = self.db.execute("select whole from vectors where track_id = ?", [track_id]).fetchone()
+        if row is None:
+            raise KeyError(f"track {track_id} has no vectors")
+        return np.frombuffer(row[0], dtype=np.float32)
+
+    def stats(self) -> dict:
+        q = lambda sql: self.db.execute(sql).fetchone()[0]  # noqa: E731
+        return {
+            "tracks": q("select count(*) from tracks where status = 'indexed'"),
+            "failed": q("select count(*) from tracks where status = 'failed'"),
+            "audio_hours": (q("select coalesce(sum(seconds), 0) from tracks where status = 'indexed'")) / 3600,
+            "latent_bytes": q("select coalesce(sum(length(data)), 0) from latents"),
+            "vector_bytes": q("select coalesce(sum(length(data) + length(whole)), 0) from vectors"),
+            "windows": q("select coalesce(sum(windows), 0) from vectors"),
+        }
+
+    def failures(self) -> list[dict]:
+        return list(self.db.query("select id, path, reason from tracks where status = 'failed' order by path"))
+
+    def close(self):
+        self.db.conn.close()

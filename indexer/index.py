@@ -1,0 +1,163 @@
+"""An index directory: the catalog, the model it was built with, and derived FAISS files.
+
+    INDEX/catalog.db          SQLite, the source of truth
+    INDEX/model.pt            the codec checkpoint every latent in it came from
+    INDEX/manifest.json       format, model checksum, rate, window/hop, vector size, metric
+    INDEX/windows-G.faiss     window vectors at catalog generation G (rebuilt when stale)
+    INDEX/tracks-G.faiss      whole-track vectors at generation G
+"""
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models import Codec, load_codec, model_checksum, shipped_checkpoint
+
+from .catalog import Catalog
+from .vectors import FrameGrid, VectorConfig, build_faiss, to_device, window_id
+
+FORMAT_VERSION = 1
+DEFAULT_INDEX = Path("muzip-index")
+
+
+class IndexOpenError(Exception):
+    """An index that cannot be opened as asked (missing, other model, other format)."""
+
+
+def default_index_dir() -> Path:
+    return Path(os.environ.get("MUZIP_INDEX", DEFAULT_INDEX))
+
+
+@dataclass
+class Searchable:
+    """FAISS indexes over the catalog's vectors at one generation."""
+    generation: int
+    windows: object
+    tracks: object
+
+
+class Index:
+    def __init__(self, root: Path, catalog: Catalog, model: Codec, vectors: VectorConfig, manifest: dict):
+        self.root, self.catalog, self.model, self.vectors, self.manifest = root, catalog, model, vectors, manifest
+        self.grid = FrameGrid.of(model.cfg)
+        self._searchable: Searchable | None = None
+
+    # --- opening ----------------------------------------------------------------
+    @classmethod
+    def open(cls, root: Path, *, checkpoint: Path | None = None, create: bool = False,
+             device: str | torch.device = "cpu", readonly: bool = False) -> "Index":
+        """Open (or with `create`, make) the index at `root`.
+
+        A new index copies `checkpoint` (default: the shipped default model) inside
+        itself. An existing one uses its own copy, and refuses a `checkpoint` that
+        is a different model.
+        """
+        root = Path(root)
+        manifest_path = root / "manifest.json"
+        if not manifest_path.is_file():
+            if not create:
+                raise IndexOpenError(f"no index at {root}; build one with: muzip-search index DIR --index {root}")
+            return cls._create(root, checkpoint or shipped_checkpoint("default"), device)
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise IndexOpenError(f"{root} is an index of format {manifest.get('format_version')}; this muzip-search "
+                              f"reads format {FORMAT_VERSION}: re-index into a new --index folder")
+        model = load_codec(root / "model.pt", device)
+        if model_checksum(model) != manifest["model_checksum"]:
+            raise IndexOpenError(f"{root}/model.pt does not match the index manifest: the index is damaged")
+        if checkpoint is not None:
+            other = load_codec(checkpoint)
+            if model_checksum(other) != manifest["model_checksum"]:
+                raise IndexOpenError(
+                    f"{root} was built with model {manifest['model_name']} "
+                    f"(sha256 {manifest['model_checksum'][:12]}), not {checkpoint} "
+                    f"({other.cfg.name}, sha256 {model_checksum(other)[:12]}); use another --index "
+                    f"for this model, or leave out --checkpoint to use the index's own")
+        vectors = VectorConfig(**manifest["vectors"])
+        return cls(root, Catalog(root / "catalog.db", readonly=readonly), model, vectors, manifest)
+
+    @classmethod
+    def _create(cls, root: Path, checkpoint: Path, device) -> "Index":
+        root.mkdir(parents=True, exist_ok=True)
+        model = load_codec(checkpoint, device)
+        vectors = VectorConfig()
+        grid = FrameGrid.of(model.cfg)
+        manifest = {
+            "format_version": FORMAT_VERSION,
+            "model_name": model.cfg.name,
+            "model_checksum": model_checksum(model),
+            "sample_rate": model.cfg.sample_rate,
+            "chunk": model.cfg.chunk,
+            "frame_rate": grid.rate,
+            "window_s": vectors.window_s,
+            "hop_s": vectors.hop_s,
+            "vector_dim": vectors.bands * model.cfg.latent_dim,
+            "track_vector_dim": 2 * model.cfg.latent_dim,
+            "metric": vectors.metric,
+            "kbps": round(model.cfg.kbps, 2),
+            "vectors": vectors.to_dict(),
+        }
+        shutil.copyfile(checkpoint, root / "model.pt.tmp")
+        os.replace(root / "model.pt.tmp", root / "model.pt")
+        catalog = Catalog(root / "catalog.db")
+        catalog.set_meta("manifest", json.dumps(manifest))
+        tmp = root / "manifest.json.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2))
+        os.replace(tmp, root / "manifest.json")  # written last: its presence means the index is whole
+        return cls(root, catalog, model, vectors, manifest)
+
+    # --- FAISS, derived from the catalog ------------------------------------------
+    def searchable(self) -> Searchable:
+        """FAISS indexes for the catalog as it is now: loaded if saved for this generation, else rebuilt."""
+        import faiss
+        gen = self.catalog.generation
+        if self._searchable is not None and self._searchable.generation == gen:
+            return self._searchable
+        wpath, tpath = self.root / f"windows-{gen}.faiss", self.root / f"tracks-{gen}.faiss"
+        if wpath.is_file() and tpath.is_file():
+            windows, tracks = faiss.read_index(str(wpath)), faiss.read_index(str(tpath))
+        else:
+            windows, tracks = self._build()
+        self._searchable = Searchable(gen, to_device(windows), to_device(tracks))
+        return self._searchable
+
+    def _build(self):
+        wv, wid, tv, tid = [], [], [], []
+        for track_id, windows, whole in self.catalog.all_vectors():
+            wv.append(windows.astype(np.float32))
+            wid.append(window_id(track_id, np.arange(len(windows), dtype=np.int64)))
+            tv.append(whole)
+            tid.append(track_id)
+        d = self.manifest["vector_dim"]
+        windows = build_faiss(np.concatenate(wv) if wv else np.zeros((0, d), np.float32),
+                              np.concatenate(wid) if wid else np.zeros(0, np.int64), self.vectors)
+        tracks = build_faiss(np.stack(tv) if tv else np.zeros((0, self.manifest["track_vector_dim"]), np.float32),
+                             np.array(tid, dtype=np.int64), self.vectors)
+        return windows, tracks
+
+    def save_faiss(self) -> None:
+        """Write the FAISS files for the current generation (atomically) and drop older ones."""
+        import faiss
+        gen = self.catalog.generation
+        windows, tracks = self._build()
+        for name, index in (("windows", windows), ("tracks", tracks)):
+            tmp = self.root / f"{name}-{gen}.faiss.tmp"
+            faiss.write_index(index, str(tmp))
+            os.replace(tmp, self.root / f"{name}-{gen}.faiss")
+        for old in self.root.glob("*.faiss"):
+            if not old.name.endswith(f"-{gen}.faiss"):
+                old.unlink(missing_ok=True)
+
+    def faiss_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.glob("*.faiss"))
+
+    def faiss_type(self) -> str:
+        n = self.catalog.stats()["windows"]
+        return "IndexFlatIP (exact)" if n <= self.vectors.exact_max else f"IndexIVFPQ (nprobe {self.vectors.ivf_nprobe})"
+
+    def close(self):
+        self.catalog.close()

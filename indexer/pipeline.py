@@ -1,0 +1,188 @@
+"""The indexing pipeline as plain stage functions: decode -> encode -> pool -> write.
+
+Each stage works on one file or a batch and holds no global state, so a cluster
+runner (Ray) can map them over shards; `run` is the local runner: decoding in
+worker processes, encoding in batches on the model's device, and a single
+writer to the catalog.
+"""
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from models import Codec
+
+from .audio import AudioError, info, load, pcm16_to_float, to_pcm16
+from .audio import chunks as cut_chunks
+from .catalog import Catalog, TrackRecord
+from .encode import encode_chunks, encode_file
+from .metadata import fma_id
+from .vectors import FrameGrid, VectorConfig, frame_features, track_vector, window_vectors
+
+STREAM_OVER_S = 600.0  # longer files are streamed through the encoder instead of decoded whole
+
+
+@dataclass
+class Decoded:
+    """A file after the decode stage: its facts, and its audio (or the reason it has none)."""
+    path: Path
+    size: int
+    mtime: float
+    hash: str
+    sample_rate: int | None = None
+    channels: int | None = None
+    seconds: float | None = None
+    audio: np.ndarray | None = None   # int16 mono at the model's rate; None if failed or streamed
+    stream: bool = False              # too long to hold: the encode stage streams it from disk
+    error: AudioError | None = None
+
+
+def file_hash(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
+
+
+def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
+    """Decode one file to int16 mono at `sample_rate`; never raises for bad audio."""
+    path = Path(path)
+    try:
+        st = path.stat()
+        d = Decoded(path, st.st_size, st.st_mtime, file_hash(path))
+    except OSError as err:
+        return Decoded(path, 0, 0.0, "", error=AudioError(path, "unreadable", err.strerror or str(err)))
+    try:
+        meta = info(path)
+        d.sample_rate, d.channels, d.seconds = meta.sample_rate, meta.channels, meta.seconds
+        if (meta.seconds or 0) > STREAM_OVER_S:
+            d.stream = True
+            return d
+        x = load(path, sample_rate, min_seconds=min_seconds)
+        d.seconds = len(x) / sample_rate
+        d.audio = to_pcm16(x)
+    except AudioError as err:
+        d.error = err
+    return d
+
+
+def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tuple[np.ndarray, int] | None]:
+    """Latents `[N, C, F]` (int8) and sample count for each decoded item, one batched encoder pass.
+
+    Streamed (long) files are encoded block by block from disk; failed ones give None.
+    """
+    cfg = model.cfg
+    out: list = [None] * len(items)
+    rows, spans, start = [], [], 0
+    for i, d in enumerate(items):
+        if d.error is not None:
+            continue
+        if d.stream:
+            try:
+                z, n = encode_file(model, d.path, batch)
+                out[i] = (z.numpy(), n)
+                d.seconds = n / cfg.sample_rate
+            except AudioError as err:
+                d.error = err
+            continue
+        c = cut_chunks(pcm16_to_float(d.audio), cfg.chunk)
+        spans.append((i, start, len(c), len(d.audio)))
+        rows.append(c)
+        start += len(c)
+    if rows:
+        z = encode_chunks(model, np.concatenate(rows), batch).numpy()
+        for i, start, n, samples in spans:
+            out[i] = (z[start:start + n], samples)
+    return out
+
+
+def pool_stage(latents: np.ndarray, grid: FrameGrid, cfg: VectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A track's latents -> (window vectors `[W, D]` every `cfg.hop_s`, whole-track vector)."""
+    feats = frame_features(latents, grid)
+    windows, _ = window_vectors(feats, grid, cfg, cfg.hop_s)
+    return windows, track_vector(feats)
+
+
+def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, grid: FrameGrid, cfg: VectorConfig,
+           meta: dict | None) -> TrackRecord:
+    """The catalog record of one file (pooling its latents when it was encoded)."""
+    m = meta or {}
+    rec = TrackRecord(path=str(d.path), size=d.size, mtime=d.mtime, hash=d.hash, status="failed",
+                      sample_rate=d.sample_rate, channels=d.channels, seconds=d.seconds,
+                      wanted_id=fma_id(d.path), **{k: m.get(k) for k in ("title", "artist", "album", "genre")})
+    if d.error is not None or encoded is None:
+        rec.reason = (d.error.reason + (f" ({d.error.detail})" if d.error.detail else "")) if d.error else "not encoded"
+        return rec
+    latents, samples = encoded
+    if _is_silent(latents):
+        rec.reason = "silent"
+        return rec
+    rec.windows, rec.whole = pool_stage(latents, grid, cfg)
+    rec.status, rec.latents, rec.samples = "indexed", latents, samples
+    return rec
+
+
+def _is_silent(latents: np.ndarray) -> bool:
+    # all-zero latents: digital silence, nothing a query could ever match
+    return not np.any(latents)
+
+
+def write_stage(catalog: Catalog, rec: TrackRecord) -> int:
+    """The single writer: one transaction per track."""
+    return catalog.write(rec)
+
+
+def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int) -> Iterator[Decoded]:
+    """The decode stage over many files, in order, in `workers` processes."""
+    args = [(p, sample_rate, min_seconds) for p in paths]
+    if workers <= 1:
+        yield from (decode_stage(*a) for a in args)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        yield from pool.map(_decode_args, args, chunksize=2)
+
+
+def _decode_args(a):
+    return decode_stage(*a)
+
+
+@dataclass
+class RunSummary:
+    indexed: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+    audio_seconds: float = 0.0
+
+
+def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *, metadata: dict | None = None,
+        workers: int | None = None, batch_files: int = 8,
+        on_file: Callable[[Decoded, TrackRecord], None] | None = None) -> RunSummary:
+    """Index `paths` into `catalog`: decode in workers, encode in batches, pool, write one by one."""
+    grid = FrameGrid.of(model.cfg)
+    min_seconds = 1.0  # shorter than one second: nothing worth searching for
+    summary = RunSummary()
+    workers = workers or max(1, (os.cpu_count() or 1))
+    pending: list[Decoded] = []
+
+    def flush():
+        encoded = encode_stage(model, pending)
+        for d, e in zip(pending, encoded):
+            rec = record(d, e, grid, cfg, (metadata or {}).get(fma_id(d.path)))
+            write_stage(catalog, rec)
+            if rec.status == "indexed":
+                summary.indexed += 1
+                summary.audio_seconds += rec.seconds or 0.0
+            else:
+                summary.failed[rec.path] = rec.reason
+            if on_file:
+                on_file(d, rec)
+        pending.clear()
+
+    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers):
+        pending.append(d)
+        if len(pending) >= batch_files:
+            flush()
+    flush()
+    return summary

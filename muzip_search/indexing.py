@@ -1,0 +1,89 @@
+"""`index`: bring an index up to date with a music folder."""
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from indexer.collection import find_audio
+from indexer.index import Index
+from indexer.metadata import find_tracks_csv, read_tracks_csv
+from indexer.pipeline import run
+
+from .device import pick_device
+
+
+@dataclass
+class IndexReport:
+    index: str
+    indexed: int = 0
+    skipped: int = 0
+    failed: dict[str, str] = field(default_factory=dict)   # path -> reason
+    vanished: list[str] = field(default_factory=list)
+    pruned: int = 0
+    audio_hours: float = 0.0
+    seconds: float = 0.0
+    metadata: str | None = None
+
+    @property
+    def realtime(self) -> float:
+        return self.audio_hours * 3600 / self.seconds if self.seconds else 0.0
+
+
+def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None, metadata: Path | None = None,
+                 prune: bool = False, device: str = "auto", workers: int | None = None,
+                 progress: bool = True) -> IndexReport:
+    """Index every audio file under `root` into `index_dir`, incrementally.
+
+    Unchanged files (same size and mtime) are skipped, changed ones re-indexed,
+    vanished ones reported (and removed with `prune`). Failed files are recorded
+    with their reason and tried again only when they change.
+    """
+    t0 = time.perf_counter()
+    index = Index.open(index_dir, checkpoint=checkpoint, create=True, device=pick_device(device))
+    try:
+        root = Path(root).resolve()
+        paths = find_audio(root)
+        known = index.catalog.known()
+        todo, skipped = [], 0
+        for p in paths:
+            st = p.stat()
+            k = known.get(str(p))
+            if k and k[0] == st.st_size and k[1] == st.st_mtime:
+                skipped += 1
+            else:
+                todo.append(p)
+        present = {str(p) for p in paths}
+        inside = str(root) + "/" if root.is_dir() else str(root)
+        vanished = sorted(p for p in known if (p.startswith(inside) or p == str(root)) and p not in present)
+        report = IndexReport(str(index_dir), skipped=skipped, vanished=vanished)
+        if prune and vanished:
+            ids = [index.catalog.track_by_path(p)["id"] for p in vanished]
+            report.pruned = index.catalog.remove(ids)
+        csv_path = metadata or find_tracks_csv(root)
+        meta = read_tracks_csv(csv_path) if csv_path else {}
+        report.metadata = str(csv_path) if csv_path else None
+
+        bar = tqdm(total=len(todo), desc="index", unit="file", disable=not progress, file=sys.stderr)
+        audio, failed, t_run = [0.0], [0], time.perf_counter()
+
+        def on_file(d, rec):
+            audio[0] += rec.seconds or 0.0
+            bar.update()
+            failed[0] += rec.status == "failed"
+            elapsed = max(time.perf_counter() - t_run, 1e-9)
+            bar.set_postfix_str(f"{audio[0] / 3600 / elapsed:.3f} audio-h/s ({audio[0] / elapsed:.0f}x real time), "
+                                f"{failed[0]} failed")
+
+        summary = run(index.catalog, index.model, todo, index.vectors, metadata=meta, workers=workers,
+                      on_file=on_file)
+        bar.close()
+        report.indexed = summary.indexed
+        report.failed = summary.failed
+        report.audio_hours = summary.audio_seconds / 3600
+        index.save_faiss()
+        report.seconds = time.perf_counter() - t0
+        return report
+    finally:
+        index.close()

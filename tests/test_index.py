@@ -1,0 +1,295 @@
+"""The search tool end to end on a synthetic collection: index, query, reconstruct, similar, stats, remove."""
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from muzip_search.cli import app
+
+from .conftest import SONG_SECONDS, SONGS, song
+
+runner = CliRunner()
+SR = 44100
+
+
+def cli(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def catalog_rows(index_dir: Path) -> list[tuple]:
+    """Every catalog row that an index run writes, without the time it was written."""
+    db = sqlite3.connect(index_dir / "catalog.db")
+    tracks = db.execute("select id, path, size, mtime, hash, status, reason, seconds, sample_rate, channels, title, "
+                        "artist, album, genre, chunks from tracks order by id").fetchall()
+    latents = db.execute("select track_id, chunks, samples, shape, data from latents order by track_id").fetchall()
+    vectors = db.execute("select track_id, windows, dim, data, whole from vectors order by track_id").fetchall()
+    db.close()
+    return tracks + latents + vectors
+
+
+@pytest.fixture(scope="module")
+def built(songs_dir, untrained_default, tmp_path_factory):
+    index_dir = tmp_path_factory.mktemp("idx") / "index"
+    result = cli("index", songs_dir / "fma_small", "--index", index_dir, "--checkpoint", untrained_default, "--json")
+    assert result.exit_code == 0, result.output
+    return index_dir, json.loads(result.stdout)
+
+
+def test_index_reports_and_catalogs_every_song(built, songs_dir):
+    index_dir, report = built
+    assert (report["indexed"], report["skipped"], report["failed"], report["vanished"]) == (12, 0, {}, [])
+    assert report["metadata"] == str(songs_dir / "fma_metadata" / "tracks.csv")
+    db = sqlite3.connect(index_dir / "catalog.db")
+    rows = db.execute("select id, title, artist, album, genre, status, seconds, sample_rate, channels, chunks "
+                      "from tracks order by id").fetchall()
+    assert rows == [(i + 2, f"Song {i}", f"Artist {i}", f"Album {i}", f"Genre {i % 3}", "indexed", SONG_SECONDS,
+                     SR, 1, 7) for i in range(SONGS)]
+    assert sorted(p.name for p in index_dir.iterdir()) == sorted(
+        ["catalog.db", "manifest.json", "model.pt", "tracks-12.faiss", "windows-12.faiss",
+         *[n for n in ("catalog.db-wal", "catalog.db-shm") if (index_dir / n).exists()]])
+
+
+def cut(track: int, start: float, seconds: float, noise_db: float | None = None, seed: int = 0) -> np.ndarray:
+    x = song(SONG_SECONDS, seed=track - 2)[int(start * SR):int((start + seconds) * SR)]
+    if noise_db is not None:
+        noise = np.random.default_rng(seed).standard_normal(len(x)).astype(np.float32)
+        noise *= np.sqrt(np.mean(x ** 2) / np.mean(noise ** 2) / 10 ** (noise_db / 10))
+        x = x + noise
+    return x
+
+
+CASES = [(2, 1.37, 2.0), (5, 0.61, 3.0), (9, 3.13, 1.5), (13, 2.25, 3.5), (7, 0.0, 6.0)]
+
+
+@pytest.mark.parametrize("noise_db", [None, 10.0])
+def test_query_finds_the_track_and_offset(built, tmp_path, noise_db):
+    index_dir, _ = built
+    clips = []
+    for k, (track, start, seconds) in enumerate(CASES):
+        p = tmp_path / f"clip {k}.wav"
+        sf.write(p, cut(track, start, seconds, noise_db, seed=k), SR)
+        clips.append(p)
+    result = cli("query", *clips, "--index", index_dir, "--json", "--top", "1")
+    assert result.exit_code == 0, result.output
+    found = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["matches"][0]["track_id"] for r in found] == [t for t, _, _ in CASES]
+    errors = [abs(r["matches"][0]["offset_s"] - s) for r, (_, s, _) in zip(found, CASES)]
+    assert max(errors) < 0.02, errors  # within a few latent frames (5.7 ms each)
+
+
+def test_query_json_shape(built, tmp_path):
+    index_dir, _ = built
+    sf.write(tmp_path / "a.flac", np.stack([cut(4, 1.5, 2.0)] * 2, axis=1), SR)  # stereo FLAC
+    result = cli("query", tmp_path / "a.flac", "--index", index_dir, "--json", "--top", "2")
+    r = json.loads(result.stdout)
+    assert list(r) == ["query", "matches"] and r["query"] == str(tmp_path / "a.flac")
+    assert len(r["matches"]) == 2
+    m = r["matches"][0]
+    assert list(m) == ["track_id", "path", "offset_s", "score", "title", "artist", "genre"]
+    assert (m["track_id"], m["title"], m["artist"], m["genre"]) == (4, "Song 2", "Artist 2", "Genre 2")
+    assert m["path"].endswith("fma_small/000/000004.wav")
+    assert isinstance(m["score"], float) and isinstance(m["offset_s"], float)
+
+
+def test_query_resamples_other_rates(built, tmp_path):
+    index_dir, _ = built
+    import soxr
+    x = soxr.resample(cut(11, 2.2, 2.5), SR, 22050)
+    sf.write(tmp_path / "low.ogg", x, 22050)
+    r = json.loads(cli("query", tmp_path / "low.ogg", "--index", index_dir, "--json").stdout)
+    assert r["matches"][0]["track_id"] == 11 and abs(r["matches"][0]["offset_s"] - 2.2) < 0.03
+
+
+def test_bad_query_files_get_their_own_error(built, tmp_path):
+    index_dir, _ = built
+    sf.write(tmp_path / "short.wav", cut(3, 1.0, 0.3), SR)
+    (tmp_path / "junk.mp3").write_bytes(b"not audio at all")
+    sf.write(tmp_path / "good.wav", cut(3, 1.0, 2.0), SR)
+    result = cli("query", tmp_path / "short.wav", tmp_path / "junk.mp3", tmp_path / "good.wav",
+                 "--index", index_dir, "--json")
+    assert result.exit_code == 1
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert rows[0] == {"query": str(tmp_path / "short.wav"), "matches": [],
+                       "error": f"{tmp_path / 'short.wav'}: clip is 0.30 s; the minimum is 1 s"}
+    assert rows[1] == {"query": str(tmp_path / "junk.mp3"), "matches": [],
+                       "error": f"{tmp_path / 'junk.mp3'}: not audio"}
+    assert rows[2]["matches"][0]["track_id"] == 3
+
+
+def test_reconstruct_decodes_the_stored_span(built, tmp_path, untrained_default, songs_dir):
+    from indexer.audio import load
+    from indexer.encode import decode_latents, encode_signal
+    from models import load_codec
+    index_dir, _ = built
+    out = tmp_path / "r.wav"
+    result = cli("reconstruct", "6", "--start", "1.5", "--end", "4", "-o", out, "--index", index_dir)
+    assert result.exit_code == 0, result.output
+    y, sr = sf.read(out, dtype="float32")
+    x = cut(6, 1.5, 2.5)
+    assert (sr, len(y)) == (SR, len(x))
+    codec = load_codec(untrained_default)
+    whole = load(songs_dir / "fma_small" / "000" / "000006.wav", SR)  # what the index encoded
+    expected = decode_latents(codec, encode_signal(codec, whole), len(whole))[int(1.5 * SR):4 * SR]
+    np.testing.assert_allclose(y, expected, atol=1 / 32768)  # 16-bit WAV of the same decode
+    again = cli("reconstruct", "6", "-o", out, "--index", index_dir)
+    assert again.exit_code == 1 and "exists" in again.output  # never overwritten
+
+
+def test_query_reconstruct_writes_the_matched_span(built, tmp_path):
+    index_dir, _ = built
+    sf.write(tmp_path / "c.wav", cut(8, 2.0, 2.0), SR)
+    result = cli("query", tmp_path / "c.wav", "--index", index_dir, "--top", "1", "--reconstruct", tmp_path / "rec")
+    assert result.exit_code == 0, result.output
+    [wav] = list((tmp_path / "rec").iterdir())
+    assert wav.name.startswith("c.1.track8.")
+    assert abs(sf.info(wav).frames - 2 * SR) <= 1
+
+
+def test_similar_and_stats(built):
+    index_dir, _ = built
+    r = json.loads(cli("similar", "2", "--top", "3", "--index", index_dir, "--json").stdout)
+    assert r["track_id"] == 2 and len(r["similar"]) == 3 and 2 not in [s["track_id"] for s in r["similar"]]
+    assert list(r["similar"][0]) == ["track_id", "path", "score", "title", "artist", "genre"]
+    s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
+    assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
+    assert s["audio_hours"] == round(12 * 6 / 3600, 4)
+    assert s["latent_bytes"] == 12 * 7 * 45 * 177  # int8 latents, 7 chunks per 6-s song
+    assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes", "faiss_bytes",
+                       "catalog_bytes", "stored_kbps", "model", "model_checksum", "model_kbps", "faiss_index"]
+
+
+def test_faiss_files_are_rebuilt_from_sqlite(built, tmp_path):
+    index_dir, _ = built
+    copy = tmp_path / "copy"
+    shutil.copytree(index_dir, copy)
+    for f in copy.glob("*.faiss"):
+        f.unlink()
+    sf.write(tmp_path / "c.wav", cut(10, 1.1, 2.0), SR)
+    r = json.loads(cli("query", tmp_path / "c.wav", "--index", copy, "--json").stdout)
+    assert r["matches"][0]["track_id"] == 10
+
+
+def test_another_model_is_refused(built, tmp_path):
+    import torch
+    from models import build_codec, preset, save_checkpoint
+    index_dir, _ = built
+    torch.manual_seed(5)
+    other = build_codec(preset("default"))
+    with torch.no_grad():
+        other.enc_mlp[-1].weight.add_(0.01)
+    save_checkpoint(tmp_path / "other.pt", other)
+    result = cli("index", tmp_path, "--index", index_dir, "--checkpoint", tmp_path / "other.pt")
+    assert result.exit_code == 1
+    assert f"{index_dir} was built with model default" in result.output
+    assert "use another --index" in result.output
+
+
+def test_reindex_skips_changes_and_prunes(songs_dir, untrained_default, tmp_path):
+    music = tmp_path / "music"
+    shutil.copytree(songs_dir / "fma_small", music)
+    index_dir = tmp_path / "index"
+    assert cli("index", music, "--index", index_dir, "--checkpoint", untrained_default).exit_code == 0
+    again = json.loads(cli("index", music, "--index", index_dir, "--json").stdout)
+    assert (again["indexed"], again["skipped"]) == (0, 12)
+
+    changed = music / "000" / "000003.wav"
+    sf.write(changed, song(SONG_SECONDS, seed=77), SR)
+    os.utime(changed, (time.time() + 5, time.time() + 5))
+    (music / "000" / "000004.wav").unlink()
+    r = json.loads(cli("index", music, "--index", index_dir, "--json").stdout)
+    assert (r["indexed"], r["skipped"], r["vanished"], r["pruned"]) == (1, 10, [str(music / "000" / "000004.wav")], 0)
+    sf.write(tmp_path / "new.wav", song(SONG_SECONDS, seed=77)[SR:3 * SR], SR)
+    q = json.loads(cli("query", tmp_path / "new.wav", "--index", index_dir, "--json").stdout)
+    assert (q["matches"][0]["track_id"], round(q["matches"][0]["offset_s"], 2)) == (3, 1.0)
+
+    r = json.loads(cli("index", music, "--index", index_dir, "--prune", "--json").stdout)
+    assert (r["indexed"], r["pruned"]) == (0, 1)
+    s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
+    assert s["tracks"] == 11
+    assert json.loads(cli("remove", "5", "--index", index_dir, "--json").stdout) == {"removed": [5]}
+    assert json.loads(cli("stats", "--index", index_dir, "--json").stdout)["tracks"] == 10
+
+
+def test_bad_files_are_recorded_and_the_run_goes_on(untrained_default, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "ünïcode song with spaces.wav", song(3.0, seed=1), SR)
+    good = music / "good.mp3"
+    sf.write(good, song(3.0, seed=2), SR)
+    data = good.read_bytes()
+    (music / "truncated.mp3").write_bytes(data[: len(data) // 4])
+    (music / "corrupt.mp3").write_bytes(np.random.default_rng(0).bytes(4000))
+    (music / "empty.flac").write_bytes(b"")
+    (music / "text.ogg").write_text("just some words, not a song\n" * 20)
+    sf.write(music / "short.wav", song(0.4, seed=3), SR)
+    sf.write(music / "silent.wav", np.zeros(2 * SR, np.float32), SR)
+    result = cli("index", music, "--index", tmp_path / "index", "--checkpoint", untrained_default, "--json")
+    assert result.exit_code == 2  # finished, with failures
+    r = json.loads(result.stdout)
+    assert r["indexed"] == 2
+    assert {Path(p).name: why for p, why in r["failed"].items()} == {
+        "corrupt.mp3": "corrupt (no decoder could read it)",
+        "empty.flac": "empty (0 bytes)",
+        "short.wav": "too short (0.40 s, the minimum is 1 s)",
+        "silent.wav": "silent",
+        "text.ogg": "not audio",
+        "truncated.mp3": "truncated (0.6 s of 3.0 s)",
+    }
+    db = sqlite3.connect(tmp_path / "index" / "catalog.db")
+    assert db.execute("select count(*) from tracks where status = 'failed'").fetchone()[0] == 6
+    # failures are recorded, so an unchanged bad file is not tried again
+    again = json.loads(cli("index", music, "--index", tmp_path / "index", "--json").stdout)
+    assert (again["indexed"], again["skipped"], again["failed"]) == (0, 8, {})
+
+
+def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
+    from indexer import pipeline
+    monkeypatch.setattr(pipeline, "STREAM_OVER_S", 2.0)  # make a 5-s file "long"
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "long.flac", song(5.0, seed=4), SR)
+    r = json.loads(cli("index", music, "--index", tmp_path / "index", "--checkpoint", untrained_default,
+                       "--json").stdout)
+    assert r["indexed"] == 1
+    db = sqlite3.connect(tmp_path / "index" / "catalog.db")
+    assert db.execute("select seconds, chunks from tracks").fetchall() == [(5.0, 6)]
+
+
+def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(40):
+        sf.write(music / f"song{i:02d}.flac", song(4.0, seed=100 + i), SR)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "muzip_search", "index", str(music), "--checkpoint", str(untrained_default),
+           "--workers", "1", "--index"]
+    proc = subprocess.Popen(cmd + [str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    db_path = tmp_path / "killed" / "catalog.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            n = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0] if db_path.exists() else 0
+        except sqlite3.OperationalError:
+            n = 0
+        if n >= 5:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]
+    assert 5 <= killed_at < 40
+    subprocess.run(cmd + [str(tmp_path / "killed")], env=env, check=True, capture_output=True)
+    subprocess.run(cmd + [str(tmp_path / "clean")], env=env, check=True, capture_output=True)
+    assert catalog_rows(tmp_path / "killed") == catalog_rows(tmp_path / "clean")
