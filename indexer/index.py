@@ -5,6 +5,7 @@
     INDEX/manifest.json       format, model checksum, rate, window/hop, vector size, metric
     INDEX/windows-G.faiss     window vectors at catalog generation G (rebuilt when stale)
     INDEX/tracks-G.faiss      whole-track vectors at generation G
+    INDEX/mean-G.f32          the mean window vector the windows are centred with
 """
 import json
 import os
@@ -18,7 +19,7 @@ import torch
 from models import Codec, load_codec, model_checksum, shipped_checkpoint
 
 from .catalog import Catalog
-from .vectors import FrameGrid, VectorConfig, build_faiss, to_device, window_id
+from .vectors import FrameGrid, VectorConfig, build_faiss, centre, to_device, window_id
 
 FORMAT_VERSION = 1
 DEFAULT_INDEX = Path("muzip-index")
@@ -38,6 +39,7 @@ class Searchable:
     generation: int
     windows: object
     tracks: object
+    mean: np.ndarray  # the mean window vector the FAISS windows were centred with
 
 
 class Index:
@@ -117,12 +119,13 @@ class Index:
         gen = self.catalog.generation
         if self._searchable is not None and self._searchable.generation == gen:
             return self._searchable
-        wpath, tpath = self.root / f"windows-{gen}.faiss", self.root / f"tracks-{gen}.faiss"
-        if wpath.is_file() and tpath.is_file():
+        wpath, tpath, mpath = self._derived_files(gen)
+        if wpath.is_file() and tpath.is_file() and mpath.is_file():
             windows, tracks = faiss.read_index(str(wpath)), faiss.read_index(str(tpath))
+            mean = np.frombuffer(mpath.read_bytes(), dtype=np.float32)
         else:
-            windows, tracks = self._build()
-        self._searchable = Searchable(gen, to_device(windows), to_device(tracks))
+            windows, tracks, mean = self._build()
+        self._searchable = Searchable(gen, to_device(windows), to_device(tracks), mean)
         return self._searchable
 
     def _build(self):
@@ -133,27 +136,41 @@ class Index:
             tv.append(whole)
             tid.append(track_id)
         d = self.manifest["vector_dim"]
-        windows = build_faiss(np.concatenate(wv) if wv else np.zeros((0, d), np.float32),
-                              np.concatenate(wid) if wid else np.zeros(0, np.int64), self.vectors)
+        all_windows = np.concatenate(wv) if wv else np.zeros((0, d), np.float32)
+        mean = all_windows.mean(axis=0).astype(np.float32) if len(all_windows) else np.zeros(d, np.float32)
+        windows = build_faiss(centre(all_windows, mean), np.concatenate(wid) if wid else np.zeros(0, np.int64),
+                              self.vectors)
         tracks = build_faiss(np.stack(tv) if tv else np.zeros((0, self.manifest["track_vector_dim"]), np.float32),
                              np.array(tid, dtype=np.int64), self.vectors)
-        return windows, tracks
+        return windows, tracks, mean
 
     def save_faiss(self) -> None:
         """Write the FAISS files for the current generation (atomically) and drop older ones."""
         import faiss
         gen = self.catalog.generation
-        windows, tracks = self._build()
-        for name, index in (("windows", windows), ("tracks", tracks)):
-            tmp = self.root / f"{name}-{gen}.faiss.tmp"
+        windows, tracks, mean = self._build()
+        wpath, tpath, mpath = self._derived_files(gen)
+        tmp = mpath.with_name(mpath.name + ".tmp")
+        tmp.write_bytes(mean.tobytes())
+        os.replace(tmp, mpath)  # each file lands whole; they are only used when all three exist
+        for path, index in ((wpath, windows), (tpath, tracks)):
+            tmp = path.with_name(path.name + ".tmp")
             faiss.write_index(index, str(tmp))
-            os.replace(tmp, self.root / f"{name}-{gen}.faiss")
-        for old in self.root.glob("*.faiss"):
-            if not old.name.endswith(f"-{gen}.faiss"):
+            os.replace(tmp, path)
+        current = {wpath, tpath, mpath}
+        for old in self._all_derived():
+            if old not in current:
                 old.unlink(missing_ok=True)
 
+    def _derived_files(self, gen: int) -> tuple[Path, Path, Path]:
+        """The FAISS window and track indexes and the windows' mean vector at generation `gen`."""
+        return (self.root / f"windows-{gen}.faiss", self.root / f"tracks-{gen}.faiss", self.root / f"mean-{gen}.f32")
+
+    def _all_derived(self) -> list[Path]:
+        return [*self.root.glob("*.faiss"), *self.root.glob("mean-*.f32")]
+
     def faiss_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("*.faiss"))
+        return sum(p.stat().st_size for p in self._all_derived())
 
     def faiss_type(self) -> str:
         n = self.catalog.stats()["windows"]

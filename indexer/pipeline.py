@@ -7,6 +7,7 @@ writer to the catalog.
 """
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class Decoded:
     audio: np.ndarray | None = None   # int16 mono at the model's rate; None if failed or streamed
     stream: bool = False              # too long to hold: the encode stage streams it from disk
     error: AudioError | None = None
+    decode_s: float = 0.0             # CPU seconds the decode stage took (in its worker)
 
 
 def file_hash(path: Path) -> str:
@@ -49,6 +51,7 @@ def file_hash(path: Path) -> str:
 def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
     """Decode one file to int16 mono at `sample_rate`; never raises for bad audio."""
     path = Path(path)
+    t0 = time.process_time()
     try:
         st = path.stat()
         d = Decoded(path, st.st_size, st.st_mtime, file_hash(path))
@@ -65,6 +68,7 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
         d.audio = to_pcm16(x)
     except AudioError as err:
         d.error = err
+    d.decode_s = time.process_time() - t0
     return d
 
 
@@ -154,6 +158,9 @@ class RunSummary:
     skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     audio_seconds: float = 0.0
+    decode_s: float = 0.0   # summed over decoding processes (CPU time)
+    encode_s: float = 0.0   # encoder, in this process (wall time)
+    write_s: float = 0.0    # pooling and catalog writes, in this process (wall time)
 
 
 def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *, metadata: dict | None = None,
@@ -167,8 +174,12 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
     pending: list[Decoded] = []
 
     def flush():
+        t0 = time.perf_counter()
         encoded = encode_stage(model, pending)
+        t1 = time.perf_counter()
+        summary.encode_s += t1 - t0
         for d, e in zip(pending, encoded):
+            summary.decode_s += d.decode_s
             rec = record(d, e, grid, cfg, (metadata or {}).get(fma_id(d.path)))
             write_stage(catalog, rec)
             if rec.status == "indexed":
@@ -178,6 +189,7 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
                 summary.failed[rec.path] = rec.reason
             if on_file:
                 on_file(d, rec)
+        summary.write_s += time.perf_counter() - t1
         pending.clear()
 
     for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers):

@@ -18,13 +18,18 @@ _EPS = 1e-4  # energy floor, in units of the int8 grid squared, so silence maps 
 class VectorConfig:
     """How vectors are pooled and searched; stored in the index manifest."""
     window_s: float = 1.0        # one window vector covers this much audio
-    hop_s: float = 0.5           # indexed windows start this far apart
+    hop_s: float = 0.25          # indexed windows start this far apart
     query_hop_s: float = 0.125   # query windows are cut finer, so one lies near every indexed window
     bands: int = 4               # sub-blocks per window; vector size = bands x latent channels
+    centre: bool = False         # remove each channel's mean over the window: keep how it moves, not timbre
     smooth_s: float = 0.05       # frame features are averaged over this span before alignment
     metric: str = "inner_product"
     neighbours: int = 10         # nearest indexed windows per query window
-    candidates: int = 10         # tracks re-scored by fine alignment
+    candidates: int = 10         # tracks aligned on their latent features
+    rescore: int = 4             # of those, the best re-scored on spectrograms of their decoded audio
+    rescore_max_s: float = 5.0   # at most this much of the clip is re-scored (the middle of longer clips)
+    spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
+    spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     exact_max: int = 2_000_000   # above this many windows, an approximate index (IVF-PQ)
     ivf_nprobe: int = 32         # IVF lists visited per query (approximate index only)
 
@@ -70,7 +75,10 @@ def window_vectors(feats: np.ndarray, grid: FrameGrid, cfg: VectorConfig, hop_s:
     means = _box_mean(feats, band)  # [T - band + 1, C]: the mean of a band starting at each frame
     hop = max(1, round(hop_s * grid.rate))
     starts = np.arange(0, len(feats) - span + 1, hop)
-    v = np.concatenate([means[starts + b * band] for b in range(cfg.bands)], axis=1)  # [W, bands * C]
+    v = np.stack([means[starts + b * band] for b in range(cfg.bands)], axis=1)  # [W, bands, C]
+    if cfg.centre:
+        v -= v.mean(axis=1, keepdims=True)
+    v = v.reshape(len(v), -1)  # [W, bands * C]
     v -= v.mean(axis=1, keepdims=True)
     v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-8
     return v.astype(np.float32), starts / grid.rate
@@ -95,22 +103,50 @@ def smooth(feats: np.ndarray, grid: FrameGrid, cfg: VectorConfig) -> np.ndarray:
 def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
     """Best frame lag in [lo, hi] of smoothed query features `[Tq, C]` inside track features `[Tt, C]`.
 
-    The score is the Pearson correlation of the two feature sequences at that lag
-    (1 = identical up to gain); returns (lag, score); lag -1 if none fits.
+    The score is the correlation of how each channel moves over time (each
+    channel's mean over the span removed, so a section that merely shares the
+    song's timbre scores low), pooled over channels: 1 = the same up to gain
+    and offset. Computed for every lag at once with FFTs. Returns (lag, score);
+    lag -1 if the query does not fit anywhere in [lo, hi].
     """
     tq = len(query)
     lo, hi = max(lo, 0), min(hi, len(track) - tq)
     if hi < lo:
         return -1, -1.0
-    q = query - query.mean()
-    qn = np.linalg.norm(q)
-    windows = np.lib.stride_tricks.sliding_window_view(track[lo:hi + tq], tq, axis=0)  # [L, C, Tq]
-    windows = windows - windows.mean(axis=(1, 2), keepdims=True)
-    dots = np.einsum("lct,tc->l", windows, q)
-    norms = np.linalg.norm(windows.reshape(len(windows), -1), axis=1) * qn + 1e-8
-    scores = dots / norms
+    seg = track[lo:hi + tq].astype(np.float64)  # [L + Tq - 1, C]
+    q = query.astype(np.float64)
+    q = q - q.mean(axis=0)  # centred per channel: the window's own means then drop out of the dot products
+    size = 1 << (len(seg) + tq - 1).bit_length()
+    corr = np.fft.irfft(np.fft.rfft(seg, size, axis=0) * np.conj(np.fft.rfft(q, size, axis=0)), size, axis=0)
+    dots = corr[: hi - lo + 1].sum(axis=1)  # [L]: sum over channels and time of window * centred query
+    c1 = np.concatenate([np.zeros((1, seg.shape[1])), np.cumsum(seg, axis=0)])
+    c2 = np.concatenate([np.zeros((1, seg.shape[1])), np.cumsum(seg ** 2, axis=0)])
+    s1 = c1[tq:tq + hi - lo + 1] - c1[: hi - lo + 1]
+    s2 = c2[tq:tq + hi - lo + 1] - c2[: hi - lo + 1]
+    var = np.maximum((s2 - s1 ** 2 / tq).sum(axis=1), 1e-12)  # [L]: centred energy of each window
+    scores = dots / (np.sqrt(var) * (np.linalg.norm(q) + 1e-12))
     best = int(np.argmax(scores))
     return lo + best, float(scores[best])
+
+
+def band_spectrogram(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
+    """Log energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`.
+
+    Phase-blind (unlike latent energies), and restricted to what every codec and
+    phone keeps, so a clip and a reconstruction of the same music agree.
+    """
+    n_fft, hop = 2048, max(1, int(round(cfg.spec_hop_s * sr)))
+    if len(x) < n_fft:
+        x = np.pad(x, (0, n_fft - len(x)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft).astype(np.float32)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # [T, n_fft / 2 + 1]
+    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
+    edges = np.geomspace(150.0, 4000.0, cfg.spec_bands + 1)
+    band = np.digitize(freqs, edges) - 1  # -1 and `bands` fall outside
+    keep = (band >= 0) & (band < cfg.spec_bands)
+    out = np.zeros((len(power), cfg.spec_bands))
+    np.add.at(out.T, band[keep], power[:, keep].T)
+    return np.log(out + 1e-8).astype(np.float32)
 
 
 def window_id(track_id: int, window: int) -> int:
@@ -120,6 +156,16 @@ def window_id(track_id: int, window: int) -> int:
 
 def split_id(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids >> 20, ids & ((1 << 20) - 1)
+
+
+def centre(v: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """Subtract the collection's mean window vector and renormalise `[N, D]`.
+
+    Every music window shares a large common part (the spectral tilt); removing
+    it spreads the vectors out, so nearest neighbours reflect what differs.
+    """
+    v = v - mean
+    return (v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
 
 
 def build_faiss(vectors: np.ndarray, ids: np.ndarray, cfg: VectorConfig):

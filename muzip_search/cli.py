@@ -168,7 +168,8 @@ def index(
     if json_out:
         print_json({"index": r.index, "indexed": r.indexed, "skipped": r.skipped, "failed": r.failed,
                     "vanished": r.vanished, "pruned": r.pruned, "audio_hours": round(r.audio_hours, 4),
-                    "seconds": round(r.seconds, 2), "realtime": round(r.realtime, 1), "metadata": r.metadata})
+                    "seconds": round(r.seconds, 2), "realtime": round(r.realtime, 1), "stages": r.stages,
+                    "metadata": r.metadata})
     else:
         for path, reason in r.failed.items():
             typer.echo(f"failed {path}: {reason}", err=True)

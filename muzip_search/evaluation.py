@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from indexer.audio import AudioError
 from indexer.collection import find_audio
@@ -15,6 +14,7 @@ from indexer.encode import decode_latents, encode_signal
 from models import Codec, load_codec, reconstruction_metrics
 
 from .device import pick_device
+from .progress import bar as progress_bar
 
 TRACK_SECONDS = 30.0  # the paper reports duration per 30-s track
 
@@ -56,7 +56,7 @@ def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", worke
     per_model: list[list[dict]] = [[] for _ in models]
     failed: dict[str, str] = {}
     for rate in rates:
-        bar = tqdm(total=len(paths), desc=f"evaluate @ {rate} Hz", unit="track", disable=not progress)
+        bar = progress_bar(len(paths), f"evaluate @ {rate} Hz", "track", progress)
         for path, pcm in decode_files(paths, rate, workers=workers):
             bar.update()
             if isinstance(pcm, AudioError):

@@ -1,10 +1,8 @@
 """`index`: bring an index up to date with a music folder."""
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm import tqdm
 
 from indexer.collection import find_audio
 from indexer.index import Index
@@ -12,6 +10,7 @@ from indexer.metadata import find_tracks_csv, read_tracks_csv
 from indexer.pipeline import run
 
 from .device import pick_device
+from .progress import bar as progress_bar
 
 
 @dataclass
@@ -25,6 +24,7 @@ class IndexReport:
     audio_hours: float = 0.0
     seconds: float = 0.0
     metadata: str | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # decode / encode / pool+write seconds
 
     @property
     def realtime(self) -> float:
@@ -65,7 +65,7 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
         meta = read_tracks_csv(csv_path) if csv_path else {}
         report.metadata = str(csv_path) if csv_path else None
 
-        bar = tqdm(total=len(todo), desc="index", unit="file", disable=not progress, file=sys.stderr)
+        bar = progress_bar(len(todo), "index", "file", progress)
         audio, failed, t_run = [0.0], [0], time.perf_counter()
 
         def on_file(d, rec):
@@ -82,6 +82,8 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
         report.indexed = summary.indexed
         report.failed = summary.failed
         report.audio_hours = summary.audio_seconds / 3600
+        report.stages = {"decode_cpu_s": round(summary.decode_s, 2), "encode_s": round(summary.encode_s, 2),
+                         "pool_write_s": round(summary.write_s, 2)}
         index.save_faiss()
         report.seconds = time.perf_counter() - t0
         return report

@@ -4,11 +4,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from indexer.audio import AudioError, load
-from indexer.encode import encode_signal
+from indexer.encode import decode_latents, encode_signal
 from indexer.index import Index
-from indexer.vectors import frame_features, smooth, split_id, align, window_vectors
+from indexer.vectors import align, band_spectrogram, centre, frame_features, smooth, split_id, window_vectors
 
 
 class ClipTooShort(Exception):
@@ -60,14 +61,17 @@ class Searcher:
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
-        sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
+        sims, ids = s.windows.search(centre(qv, s.mean), min(self.cfg.neighbours, s.windows.ntotal))
         candidates = self._vote(sims, ids, qt)
         qs = smooth(feats, self.grid, self.cfg)
-        found = []
+        aligned = []
         for tid, offset in candidates:
             hit = self._align(qs, tid, offset)
-            if hit is not None and hit[1] >= min_score:
-                found.append((tid, *hit))
+            if hit is not None:
+                aligned.append((tid, *hit))
+        aligned.sort(key=lambda h: -h[2])
+        found = [self._rescore(x, *h) for h in aligned[:self.cfg.rescore]] + aligned[self.cfg.rescore:]
+        found = [h for h in found if h[2] >= min_score]
         found.sort(key=lambda h: -h[2])
         rows = self.index.catalog.tracks(t for t, _, _ in found[:top])
         span = len(x) / sr
@@ -113,6 +117,34 @@ class Searcher:
         if lag < 0:
             return None
         return (lag + base) / rate, score
+
+    def _rescore(self, x: np.ndarray, tid: int, offset: float, _score: float) -> tuple[int, float, float]:
+        """Re-score a candidate on band spectrograms of the clip and of its span decoded from the stored latents.
+
+        Returns (track_id, refined offset in s, score); the score is the
+        spectrogram alignment's correlation, in [-1, 1].
+        """
+        cfg, model = self.cfg, self.index.model
+        sr, chunk = model.cfg.sample_rate, model.cfg.chunk
+        keep = min(len(x), int(cfg.rescore_max_s * sr))
+        skip = (len(x) - keep) // 2  # the middle of a long clip
+        slack = 0.1  # the latent alignment is good to a few frames; search a little around it
+        start = max(0.0, offset + skip / sr - slack)
+        end = offset + (skip + keep) / sr + slack
+        first, last = int(start * sr) // chunk, -(-int(end * sr) // chunk)
+        got = self.index.catalog.latents(tid, first, last)
+        if got is None or not len(got[0]):
+            return tid, offset, -1.0
+        y = decode_latents(model, torch.from_numpy(got[0].copy()))
+        base = first * chunk
+        seg = y[int(start * sr) - base:int(end * sr) - base]
+        q = band_spectrogram(x[skip:skip + keep], sr, cfg)
+        t = band_spectrogram(seg, sr, cfg)
+        lag, score = align(q, t, 0, len(t) - len(q))
+        if lag < 0:
+            return tid, offset, -1.0
+        hop = max(1, int(round(cfg.spec_hop_s * sr)))
+        return tid, start + lag * hop / sr - skip / sr, score
 
     def search_file(self, path: Path, top: int = 5, min_score: float = 0.0) -> list[Match]:
         x = load(path, self.index.model.cfg.sample_rate)

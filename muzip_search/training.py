@@ -4,7 +4,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from indexer.audio import AudioError, info
 from indexer.collection import find_audio, sample_tracks, split_by_track
@@ -14,6 +13,7 @@ from models.checkpoint import read_checkpoint
 from models.train import ChunkSampler, TrainState, fit, fixed_chunks
 
 from .device import pick_device
+from .progress import bar as progress_bar
 
 
 @dataclass
@@ -73,7 +73,7 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
 
     def decode(ps, what):
         tracks = []
-        bar = tqdm(total=len(ps), desc=f"decode {what}", unit="file", disable=not progress)
+        bar = progress_bar(len(ps), f"decode {what}", "file", progress)
         for p, x in decode_files(ps, cfg.sample_rate, min_seconds=cfg.chunk / cfg.sample_rate, workers=workers):
             if isinstance(x, AudioError):
                 failed[str(p)] = x.reason
@@ -101,8 +101,8 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
         save_checkpoint(out, model, optimizer=optimizer, state=asdict(s))
 
     steps_per_epoch = -(-sampler.chunks_per_epoch // cfg.batch_size)
-    bar = tqdm(total=epochs * steps_per_epoch, initial=min(state.step, epochs * steps_per_epoch),
-               desc=f"train {cfg.name}", unit="step", disable=not progress)
+    bar = progress_bar(epochs * steps_per_epoch, f"train {cfg.name}", "step", progress,
+                       initial=min(state.step, epochs * steps_per_epoch))
 
     def on_step(s: TrainState, loss: float):
         bar.update()

@@ -56,7 +56,7 @@ def test_index_reports_and_catalogs_every_song(built, songs_dir):
     assert rows == [(i + 2, f"Song {i}", f"Artist {i}", f"Album {i}", f"Genre {i % 3}", "indexed", SONG_SECONDS,
                      SR, 1, 7) for i in range(SONGS)]
     assert sorted(p.name for p in index_dir.iterdir()) == sorted(
-        ["catalog.db", "manifest.json", "model.pt", "tracks-12.faiss", "windows-12.faiss",
+        ["catalog.db", "manifest.json", "model.pt", "tracks-12.faiss", "windows-12.faiss", "mean-12.f32",
          *[n for n in ("catalog.db-wal", "catalog.db-shm") if (index_dir / n).exists()]])
 
 
@@ -173,7 +173,7 @@ def test_faiss_files_are_rebuilt_from_sqlite(built, tmp_path):
     index_dir, _ = built
     copy = tmp_path / "copy"
     shutil.copytree(index_dir, copy)
-    for f in copy.glob("*.faiss"):
+    for f in [*copy.glob("*.faiss"), *copy.glob("*.f32")]:
         f.unlink()
     sf.write(tmp_path / "c.wav", cut(10, 1.1, 2.0), SR)
     r = json.loads(cli("query", tmp_path / "c.wav", "--index", copy, "--json").stdout)
