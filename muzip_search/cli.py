@@ -52,6 +52,8 @@ def train(
     max_hours: Annotated[float, typer.Option(min=0.0, help="Cap on the audio loaded (random tracks).")] = 10.0,
     checkpoint_every: Annotated[int, typer.Option(min=0, help="Also save every N steps (0: epochs only).")] = 500,
     seed: Annotated[int, typer.Option(help="Seed of the split and the sampling.")] = 0,
+    lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate for this run (default: the "
+                                                           "preset's; lower it to fine-tune with --resume).")] = None,
     json_out: Json = False,
 ):
     """Train the codec on a music folder, validating on whole held-out tracks.
@@ -64,7 +66,7 @@ def train(
     try:
         report = run_train(directory, out, preset_name=preset, epochs=epochs, device=device, resume=resume,
                            val_fraction=val_fraction, max_hours=max_hours, seed=seed,
-                           checkpoint_every=checkpoint_every, progress=not json_out)
+                           checkpoint_every=checkpoint_every, lr=lr, progress=not json_out)
     except (TrainError, CheckpointError, RuntimeError, ValueError) as err:
         fail(str(err))
     if json_out:

@@ -35,13 +35,15 @@ class TrainError(Exception):
 
 def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 10, device: str = "auto",
           resume: bool = False, val_fraction: float = 0.1, max_hours: float = 10.0, seed: int = 0,
-          checkpoint_every: int = 500, workers: int | None = None, progress: bool = True) -> TrainReport:
+          checkpoint_every: int = 500, workers: int | None = None, lr: float | None = None,
+          progress: bool = True) -> TrainReport:
     """Train on every audio file under `root`, validating on whole held-out tracks.
 
     The checkpoint at `out` is rewritten after every epoch and every
     `checkpoint_every` steps; `resume=True` continues the run saved there
     (its config, optimizer and epoch count). An existing `out` without `resume`
-    is refused, so nothing is overwritten silently.
+    is refused, so nothing is overwritten silently. `lr` overrides the preset's
+    learning rate for this run (for example a lower one to fine-tune on resume).
     """
     out = Path(out)
     dev = pick_device(device)
@@ -94,6 +96,9 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
         model.load_state_dict(ckpt["model"])
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
+    if lr is not None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
     sampler = ChunkSampler(train_tracks, cfg.chunk, seed=seed + state.step)
     val = fixed_chunks(val_tracks, cfg.chunk)
 
