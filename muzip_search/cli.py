@@ -132,11 +132,11 @@ IndexDir = Annotated[Path, typer.Option("--index", envvar="MUZIP_INDEX",
 DEFAULT_INDEX_DIR = Path("muzip-index")
 
 
-def _open(index_dir: Path, device: str = "auto"):
+def _open(index_dir: Path, device: str = "auto", readonly: bool = True):
     from indexer.index import Index, IndexOpenError
     from .device import pick_device
     try:
-        return Index.open(index_dir, device=pick_device(device))
+        return Index.open(index_dir, device=pick_device(device), readonly=readonly)
     except (IndexOpenError, CheckpointError) as err:
         fail(str(err))
 
@@ -321,7 +321,7 @@ def remove(
 
     Example:  muzip-search remove 2 fma_small/000/000005.mp3
     """
-    idx = _open(index_dir)
+    idx = _open(index_dir, readonly=False)
     ids = [_track_id(idx, t) for t in tracks]
     n = idx.catalog.remove(ids)
     idx.save_faiss()

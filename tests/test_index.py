@@ -269,7 +269,7 @@ def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_path):
     music = tmp_path / "music"
     music.mkdir()
-    for i in range(40):
+    for i in range(60):
         sf.write(music / f"song{i:02d}.flac", song(4.0, seed=100 + i), SR)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "muzip_search", "index", str(music), "--checkpoint", str(untrained_default),
@@ -289,7 +289,16 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]
-    assert 5 <= killed_at < 40
-    subprocess.run(cmd + [str(tmp_path / "killed")], env=env, check=True, capture_output=True)
+    assert 5 <= killed_at < 60
+    rerun = subprocess.Popen(cmd + [str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    # this process queries the index while the re-run is writing to it
+    sf.write(tmp_path / "q.wav", song(4.0, seed=100)[SR:3 * SR], SR)
+    live = cli("query", tmp_path / "q.wav", "--index", tmp_path / "killed", "--json", "--top", "1")
+    still_running = rerun.poll() is None
+    assert rerun.wait() == 0
+    assert live.exit_code == 0, live.output
+    assert json.loads(live.stdout)["matches"][0]["path"] == str(music / "song00.flac")
+    assert still_running  # the query really ran beside the indexer
     subprocess.run(cmd + [str(tmp_path / "clean")], env=env, check=True, capture_output=True)
     assert catalog_rows(tmp_path / "killed") == catalog_rows(tmp_path / "clean")
