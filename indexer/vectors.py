@@ -25,7 +25,8 @@ class VectorConfig:
     smooth_s: float = 0.05       # frame features are averaged over this span before alignment
     metric: str = "inner_product"
     neighbours: int = 30         # nearest indexed windows per query window
-    candidates: int = 15         # tracks aligned on their latent features
+    candidates: int = 24         # (track, offset) pairs aligned on their latent features
+    offsets_per_track: int = 4   # a track may offer several offsets: music repeats (loops, choruses)
     rescore: int = 4             # of those, the best re-scored on spectrograms of their decoded audio
     rescore_max_s: float = 5.0   # at most this much of the clip is re-scored (the middle of longer clips)
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram

@@ -70,16 +70,23 @@ class Searcher:
             if hit is not None:
                 aligned.append((tid, *hit))
         aligned.sort(key=lambda h: -h[2])
-        found = [self._rescore(x, *h) for h in aligned[:self.cfg.rescore]] + aligned[self.cfg.rescore:]
-        found = [h for h in found if h[2] >= min_score]
-        found.sort(key=lambda h: -h[2])
+        # re-scored candidates first, by their spectrogram score; the rest after them in alignment
+        # order (their latent-alignment scores are on another scale and must not outrank them)
+        rescored = sorted((self._rescore(x, *h) for h in aligned[:self.cfg.rescore]), key=lambda h: -h[2])
+        found = [h for h in rescored + aligned[self.cfg.rescore:] if h[2] >= min_score]
+        seen: set[int] = set()
+        found = [h for h in found if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
         rows = self.index.catalog.tracks(t for t, _, _ in found[:top])
         span = len(x) / sr
         return [Match(tid, rows[tid]["path"], round(off, 3), round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], span) for tid, off, score in found[:top]]
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray) -> list[tuple[int, float]]:
-        """Tracks whose window matches agree on one clip start: [(track_id, offset_s)], best first."""
+        """(track, clip start) pairs that many window matches agree on: [(track_id, offset_s)], best first.
+
+        A track may offer up to `offsets_per_track` distinct starts, because a repeated
+        section can outvote the true one; the fine stages then tell them apart.
+        """
         hop = self.cfg.hop_s
         votes: dict[tuple[int, int], float] = defaultdict(float)
         offsets: dict[tuple[int, int], list] = defaultdict(list)
@@ -90,14 +97,20 @@ class Searcher:
             key = (int(tids[i, j]), int(round(off / (hop / 2))))
             votes[key] += float(sims[i, j])
             offsets[key].append(off)
-        best: dict[int, tuple[float, float]] = {}
-        for (tid, b), v in votes.items():
-            # neighbouring bins hold the same offset split by rounding
-            total = v + 0.5 * (votes.get((tid, b - 1), 0.0) + votes.get((tid, b + 1), 0.0))
-            if tid not in best or total > best[tid][0]:
-                best[tid] = (total, float(np.median(offsets[(tid, b)])))
-        ranked = sorted(best.items(), key=lambda kv: -kv[1][0])[:self.cfg.candidates]
-        return [(tid, off) for tid, (_, off) in ranked]
+        # neighbouring bins hold the same offset split by rounding
+        scored = sorted(((v + 0.5 * (votes.get((tid, b - 1), 0.0) + votes.get((tid, b + 1), 0.0)), tid, b)
+                         for (tid, b), v in votes.items()), reverse=True)
+        chosen: dict[int, list[int]] = defaultdict(list)
+        out = []
+        for _, tid, b in scored:
+            taken = chosen[tid]
+            if len(taken) >= self.cfg.offsets_per_track or any(abs(b - t) <= 2 for t in taken):
+                continue  # a near duplicate of a start already chosen for this track
+            taken.append(b)
+            out.append((tid, float(np.median(offsets[(tid, b)]))))
+            if len(out) == self.cfg.candidates:
+                break
+        return out
 
     def _align(self, qs: np.ndarray, tid: int, offset: float) -> tuple[float, float] | None:
         """Refine one candidate's offset by sliding the clip's features over the track's stored latents."""
