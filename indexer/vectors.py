@@ -33,6 +33,7 @@ class VectorConfig:
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     exact_max: int = 2_000_000   # above this many windows, an approximate index (IVF-PQ)
     ivf_nprobe: int = 32         # IVF lists visited per query (approximate index only)
+    pq_max_subquantizers: int = 64  # PQ code bytes per vector at most (approximate index only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -178,7 +179,7 @@ def build_faiss(vectors: np.ndarray, ids: np.ndarray, cfg: VectorConfig):
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
     else:
         nlist = int(4 * math.sqrt(n))  # FAISS's guidance: 4 to 16 sqrt(n) lists
-        m = next(k for k in (d // 4, d // 2, d) if d % k == 0 and k <= 64 or k == d)
+        m = max(k for k in range(1, cfg.pq_max_subquantizers + 1) if d % k == 0)  # one byte per sub-vector
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
         sample = vectors[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
         index.train(sample)

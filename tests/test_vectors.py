@@ -1,0 +1,33 @@
+import numpy as np
+
+from indexer.vectors import VectorConfig, align, build_faiss, window_id
+
+
+def test_exact_index_finds_every_stored_vector():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((500, 180)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    ids = window_id(7, np.arange(500, dtype=np.int64))
+    index = build_faiss(v, ids, VectorConfig())
+    _, got = index.search(v[:20], 1)
+    assert type(index).__name__ == "IndexIDMap2"
+    assert got[:, 0].tolist() == ids[:20].tolist()
+
+
+def test_past_the_threshold_the_index_is_ivf_pq():
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((4000, 180)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    cfg = VectorConfig(exact_max=1000)
+    index = build_faiss(v, np.arange(4000, dtype=np.int64), cfg)
+    assert (type(index).__name__, index.ntotal, index.nlist, index.nprobe, index.pq.M) == (
+        "IndexIVFPQ", 4000, 252, 32, 60)  # nlist = 4 sqrt(n); 60 one-byte codes for 180 dims
+    _, got = index.search(v[:5], 10)
+    assert got.shape == (5, 10)
+
+
+def test_align_finds_the_lag_of_a_copy():
+    rng = np.random.default_rng(2)
+    track = rng.standard_normal((400, 6)).astype(np.float32)
+    lag, score = align(track[123:173] * 3.0 + 1.0, track, 0, 350)  # gain and offset do not matter
+    assert (lag, round(score, 6)) == (123, 1.0)
