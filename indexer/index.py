@@ -5,7 +5,7 @@
     INDEX/manifest.json       format, model checksum, rate, window/hop, vector size, metric
     INDEX/windows-G.faiss     window vectors at catalog generation G (rebuilt when stale)
     INDEX/tracks-G.faiss      whole-track vectors at generation G
-    INDEX/mean-G.f32          the mean window vector the windows are centred with
+    INDEX/mean-G.f32          the mean window and whole-track vectors the FAISS vectors are centred on
 """
 import json
 import os
@@ -39,7 +39,8 @@ class Searchable:
     generation: int
     windows: object
     tracks: object
-    mean: np.ndarray  # the mean window vector the FAISS windows were centred with
+    mean: np.ndarray        # the mean window vector the FAISS windows were centred with
+    track_mean: np.ndarray  # the mean whole-track vector the FAISS tracks were centred with
 
 
 class Index:
@@ -122,10 +123,11 @@ class Index:
         wpath, tpath, mpath = self._derived_files(gen)
         if wpath.is_file() and tpath.is_file() and mpath.is_file():
             windows, tracks = faiss.read_index(str(wpath)), faiss.read_index(str(tpath))
-            mean = np.frombuffer(mpath.read_bytes(), dtype=np.float32)
+            means = np.frombuffer(mpath.read_bytes(), dtype=np.float32)
         else:
-            windows, tracks, mean = self._build()
-        self._searchable = Searchable(gen, to_device(windows), to_device(tracks), mean)
+            windows, tracks, means = self._build()
+        d = self.manifest["vector_dim"]
+        self._searchable = Searchable(gen, to_device(windows), to_device(tracks), means[:d], means[d:])
         return self._searchable
 
     def _build(self):
@@ -136,22 +138,24 @@ class Index:
             tv.append(whole)
             tid.append(track_id)
         d = self.manifest["vector_dim"]
+        d2 = self.manifest["track_vector_dim"]
         all_windows = np.concatenate(wv) if wv else np.zeros((0, d), np.float32)
-        mean = all_windows.mean(axis=0).astype(np.float32) if len(all_windows) else np.zeros(d, np.float32)
+        all_tracks = np.stack(tv) if tv else np.zeros((0, d2), np.float32)
+        mean = all_windows.mean(axis=0) if len(all_windows) else np.zeros(d, np.float32)
+        track_mean = all_tracks.mean(axis=0) if len(all_tracks) else np.zeros(d2, np.float32)
         windows = build_faiss(centre(all_windows, mean), np.concatenate(wid) if wid else np.zeros(0, np.int64),
                               self.vectors)
-        tracks = build_faiss(np.stack(tv) if tv else np.zeros((0, self.manifest["track_vector_dim"]), np.float32),
-                             np.array(tid, dtype=np.int64), self.vectors)
-        return windows, tracks, mean
+        tracks = build_faiss(centre(all_tracks, track_mean), np.array(tid, dtype=np.int64), self.vectors)
+        return windows, tracks, np.concatenate([mean, track_mean]).astype(np.float32)
 
     def save_faiss(self) -> None:
         """Write the FAISS files for the current generation (atomically) and drop older ones."""
         import faiss
         gen = self.catalog.generation
-        windows, tracks, mean = self._build()
+        windows, tracks, means = self._build()
         wpath, tpath, mpath = self._derived_files(gen)
         tmp = mpath.with_name(mpath.name + ".tmp")
-        tmp.write_bytes(mean.tobytes())
+        tmp.write_bytes(means.tobytes())
         os.replace(tmp, mpath)  # each file lands whole; they are only used when all three exist
         for path, index in ((wpath, windows), (tpath, tracks)):
             tmp = path.with_name(path.name + ".tmp")

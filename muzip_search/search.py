@@ -70,10 +70,10 @@ class Searcher:
             if hit is not None:
                 aligned.append((tid, *hit))
         aligned.sort(key=lambda h: -h[2])
-        # re-scored candidates first, by their spectrogram score; the rest after them in alignment
-        # order (their latent-alignment scores are on another scale and must not outrank them)
-        rescored = sorted((self._rescore(x, *h) for h in aligned[:self.cfg.rescore]), key=lambda h: -h[2])
-        found = [h for h in rescored + aligned[self.cfg.rescore:] if h[2] >= min_score]
+        # every match shown is re-scored, so all scores are on one scale (spectrogram correlation)
+        n = max(self.cfg.rescore, top)
+        rescored = sorted((self._rescore(x, *h) for h in aligned[:n]), key=lambda h: -h[2])
+        found = [h for h in rescored if h[2] >= min_score]
         seen: set[int] = set()
         found = [h for h in found if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
         rows = self.index.catalog.tracks(t for t, _, _ in found[:top])

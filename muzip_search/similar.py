@@ -2,13 +2,14 @@
 import numpy as np
 
 from indexer.index import Index
+from indexer.vectors import centre
 
 
 def similar_tracks(index: Index, track_id: int, top: int = 5) -> list[dict]:
     """The `top` tracks nearest to `track_id` by whole-track vector (itself left out), best first."""
     s = index.searchable()
-    vec = index.catalog.track_vector(track_id)
-    sims, ids = s.tracks.search(vec[None, :], min(top + 1, s.tracks.ntotal))
+    vec = centre(index.catalog.track_vector(track_id)[None, :], s.track_mean)
+    sims, ids = s.tracks.search(vec, min(top + 1, s.tracks.ntotal))
     hits = [(int(i), float(d)) for i, d in zip(ids[0], sims[0]) if i >= 0 and i != track_id][:top]
     rows = index.catalog.tracks(i for i, _ in hits)
     return [{"track_id": i, "path": rows[i]["path"], "score": round(d, 4), "title": rows[i]["title"],

@@ -96,6 +96,7 @@ def test_query_json_shape(built, tmp_path):
     assert list(r) == ["query", "matches"] and r["query"] == str(tmp_path / "a.flac")
     assert len(r["matches"]) == 2
     m = r["matches"][0]
+    assert r["matches"][0]["score"] >= r["matches"][1]["score"]  # every shown match is on one scale
     assert list(m) == ["track_id", "path", "offset_s", "score", "title", "artist", "genre"]
     assert (m["track_id"], m["title"], m["artist"], m["genre"]) == (4, "Song 2", "Artist 2", "Genre 2")
     assert m["path"].endswith("fma_small/000/000004.wav")
@@ -161,6 +162,9 @@ def test_similar_and_stats(built):
     r = json.loads(cli("similar", "2", "--top", "3", "--index", index_dir, "--json").stdout)
     assert r["track_id"] == 2 and len(r["similar"]) == 3 and 2 not in [s["track_id"] for s in r["similar"]]
     assert list(r["similar"][0]) == ["track_id", "path", "score", "title", "artist", "genre"]
+    scores = [s["score"] for s in r["similar"]]
+    assert scores == sorted(scores, reverse=True) and scores[0] < 0.99  # centred: tracks are told apart
+    assert (index_dir / "mean-12.f32").stat().st_size == (180 + 90) * 4  # window and track means
     s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
     assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)
