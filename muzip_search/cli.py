@@ -168,7 +168,8 @@ def index(
     except (IndexOpenError, CheckpointError, RuntimeError) as err:
         fail(str(err))
     if json_out:
-        print_json({"index": r.index, "indexed": r.indexed, "skipped": r.skipped, "failed": r.failed,
+        print_json({"index": r.index, "indexed": r.indexed, "skipped": r.skipped,
+                    "skipped_failed": r.skipped_failed, "failed": r.failed,
                     "vanished": r.vanished, "pruned": r.pruned, "audio_hours": round(r.audio_hours, 4),
                     "seconds": round(r.seconds, 2), "realtime": round(r.realtime, 1), "stages": r.stages,
                     "metadata": r.metadata})
@@ -177,7 +178,8 @@ def index(
             typer.echo(f"failed {path}: {reason}", err=True)
         for path in r.vanished:
             typer.echo(f"{'removed' if prune else 'vanished'} {path}", err=True)
-        typer.echo(f"{r.index}: indexed {r.indexed}, skipped {r.skipped} unchanged, failed {len(r.failed)}, "
+        known_bad = f" ({r.skipped_failed} of them failed before)" if r.skipped_failed else ""
+        typer.echo(f"{r.index}: indexed {r.indexed}, skipped {r.skipped} unchanged{known_bad}, failed {len(r.failed)}, "
                    f"vanished {len(r.vanished)}" + (f" (pruned {r.pruned})" if prune else "")
                    + f"; {r.audio_hours:.2f} h of audio in {r.seconds:.1f} s ({r.realtime:.0f}x real time)")
     if r.failed:

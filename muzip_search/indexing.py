@@ -18,6 +18,7 @@ class IndexReport:
     index: str
     indexed: int = 0
     skipped: int = 0
+    skipped_failed: int = 0                                 # of the skipped, files that failed before
     failed: dict[str, str] = field(default_factory=dict)   # path -> reason
     vanished: list[str] = field(default_factory=list)
     pruned: int = 0
@@ -46,18 +47,19 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
         root = Path(root).resolve()
         paths = find_audio(root)
         known = index.catalog.known()
-        todo, skipped = [], 0
+        todo, skipped, skipped_failed = [], 0, 0
         for p in paths:
             st = p.stat()
             k = known.get(str(p))
             if k and k[0] == st.st_size and k[1] == st.st_mtime:
                 skipped += 1
+                skipped_failed += k[2] == "failed"
             else:
                 todo.append(p)
         present = {str(p) for p in paths}
         inside = str(root) + "/" if root.is_dir() else str(root)
         vanished = sorted(p for p in known if (p.startswith(inside) or p == str(root)) and p not in present)
-        report = IndexReport(str(index_dir), skipped=skipped, vanished=vanished)
+        report = IndexReport(str(index_dir), skipped=skipped, skipped_failed=skipped_failed, vanished=vanished)
         if prune and vanished:
             ids = [index.catalog.track_by_path(p)["id"] for p in vanished]
             report.pruned = index.catalog.remove(ids)

@@ -254,7 +254,7 @@ def test_bad_files_are_recorded_and_the_run_goes_on(untrained_default, tmp_path)
     assert db.execute("select count(*) from tracks where status = 'failed'").fetchone()[0] == 6
     # failures are recorded, so an unchanged bad file is not tried again
     again = json.loads(cli("index", music, "--index", tmp_path / "index", "--json").stdout)
-    assert (again["indexed"], again["skipped"], again["failed"]) == (0, 8, {})
+    assert (again["indexed"], again["skipped"], again["skipped_failed"], again["failed"]) == (0, 8, 6, {})
 
 
 def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
