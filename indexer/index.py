@@ -171,7 +171,9 @@ class Index:
         return (self.root / f"windows-{gen}.faiss", self.root / f"tracks-{gen}.faiss", self.root / f"mean-{gen}.f32")
 
     def _all_derived(self) -> list[Path]:
-        return [*self.root.glob("*.faiss"), *self.root.glob("mean-*.f32")]
+        """Every derived file, with the `.tmp` halves a killed writer may have left."""
+        return [*self.root.glob("*.faiss"), *self.root.glob("mean-*.f32"), *self.root.glob("*.faiss.tmp"),
+                *self.root.glob("mean-*.f32.tmp")]
 
     def faiss_bytes(self) -> int:
         return sum(p.stat().st_size for p in self._all_derived())

@@ -306,3 +306,5 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     assert still_running  # the query really ran beside the indexer
     subprocess.run(cmd + [str(tmp_path / "clean")], env=env, check=True, capture_output=True)
     assert catalog_rows(tmp_path / "killed") == catalog_rows(tmp_path / "clean")
+    leftovers = sorted(p.name for p in (tmp_path / "killed").iterdir() if p.suffix in (".tmp", ".faiss", ".f32"))
+    assert leftovers == ["mean-60.f32", "tracks-60.faiss", "windows-60.faiss"]  # one generation, no halves
