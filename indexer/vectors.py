@@ -6,10 +6,12 @@ with the window's mean removed (gain invariance) and L2-normalised, so inner
 product is cosine similarity. The whole-track vector is the mean and spread of
 the per-frame features over the track.
 """
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 
 _EPS = 1e-4  # energy floor, in units of the int8 grid squared, so silence maps to a finite log
 
@@ -131,6 +133,17 @@ def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, 
     return lo + best, float(scores[best])
 
 
+@functools.lru_cache(maxsize=8)
+def _band_matrix(sr: int, n_fft: int, bands: int) -> torch.Tensor:
+    """`[n_fft / 2 + 1, bands]` 0/1 matrix summing FFT bins into log-spaced bands from 150 Hz to 4 kHz."""
+    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
+    band = np.digitize(freqs, np.geomspace(150.0, 4000.0, bands + 1)) - 1  # -1 and `bands` fall outside
+    m = np.zeros((len(freqs), bands), np.float32)
+    inside = (band >= 0) & (band < bands)
+    m[np.nonzero(inside)[0], band[inside]] = 1.0
+    return torch.from_numpy(m)
+
+
 def band_spectrogram(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
     """Log energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`.
 
@@ -140,15 +153,10 @@ def band_spectrogram(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
     n_fft, hop = 2048, max(1, int(round(cfg.spec_hop_s * sr)))
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
-    frames = np.lib.stride_tricks.sliding_window_view(x, n_fft)[::hop] * np.hanning(n_fft).astype(np.float32)
-    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2  # [T, n_fft / 2 + 1]
-    freqs = np.fft.rfftfreq(n_fft, 1 / sr)
-    edges = np.geomspace(150.0, 4000.0, cfg.spec_bands + 1)
-    band = np.digitize(freqs, edges) - 1  # -1 and `bands` fall outside
-    keep = (band >= 0) & (band < cfg.spec_bands)
-    out = np.zeros((len(power), cfg.spec_bands))
-    np.add.at(out.T, band[keep], power[:, keep].T)
-    return np.log(out + 1e-8).astype(np.float32)
+    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), n_fft, hop,
+                      window=torch.hann_window(n_fft), center=False, return_complex=True)  # [bins, T]
+    power = spec.real ** 2 + spec.imag ** 2
+    return torch.log(power.T @ _band_matrix(sr, n_fft, cfg.spec_bands) + 1e-8).numpy()
 
 
 def window_id(track_id: int, window: int) -> int:
