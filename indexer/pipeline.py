@@ -9,7 +9,6 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from models import Codec
 from .audio import AudioError, info, load, pcm16_to_float, to_pcm16
 from .audio import chunks as cut_chunks
 from .catalog import Catalog, TrackRecord
+from .decode import parallel_map
 from .encode import encode_chunks, encode_file
 from .metadata import fma_id
 from .vectors import FrameGrid, VectorConfig, frame_features, track_vector, window_vectors
@@ -140,12 +140,7 @@ def write_stage(catalog: Catalog, rec: TrackRecord) -> int:
 
 def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int) -> Iterator[Decoded]:
     """The decode stage over many files, in order, in `workers` processes."""
-    args = [(p, sample_rate, min_seconds) for p in paths]
-    if workers <= 1:
-        yield from (decode_stage(*a) for a in args)
-        return
-    with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_decode_args, args, chunksize=2)
+    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds) for p in paths], workers, chunksize=2)
 
 
 def _decode_args(a):
