@@ -4,12 +4,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from indexer.audio import AudioError, load
-from indexer.encode import decode_latents, encode_signal
+from indexer.encode import encode_signal
 from indexer.index import Index
 from indexer.vectors import align, band_spectrogram, centre, frame_features, smooth, split_id, window_vectors
+
+from .reconstruct import NotInIndex, reconstruct
 
 
 class ClipTooShort(Exception):
@@ -137,20 +138,16 @@ class Searcher:
         Returns (track_id, refined offset in s, score); the score is the
         spectrogram alignment's correlation, in [-1, 1].
         """
-        cfg, model = self.cfg, self.index.model
-        sr, chunk = model.cfg.sample_rate, model.cfg.chunk
+        cfg = self.cfg
+        sr = self.index.model.cfg.sample_rate
         keep = min(len(x), int(cfg.rescore_max_s * sr))
         skip = (len(x) - keep) // 2  # the middle of a long clip
         slack = 0.1  # the latent alignment is good to a few frames; search a little around it
         start = max(0.0, offset + skip / sr - slack)
-        end = offset + (skip + keep) / sr + slack
-        first, last = int(start * sr) // chunk, -(-int(end * sr) // chunk)
-        got = self.index.catalog.latents(tid, first, last)
-        if got is None or not len(got[0]):
+        try:
+            seg = reconstruct(self.index, tid, start, offset + (skip + keep) / sr + slack)
+        except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
-        y = decode_latents(model, torch.from_numpy(got[0].copy()))
-        base = first * chunk
-        seg = y[int(start * sr) - base:int(end * sr) - base]
         q = band_spectrogram(x[skip:skip + keep], sr, cfg)
         t = band_spectrogram(seg, sr, cfg)
         lag, score = align(q, t, 0, len(t) - len(q))
