@@ -209,8 +209,5 @@ class Catalog:
             "windows": q("select coalesce(sum(windows), 0) from vectors"),
         }
 
-    def failures(self) -> list[dict]:
-        return list(self.db.query("select id, path, reason from tracks where status = 'failed' order by path"))
-
     def close(self):
         self.db.conn.close()

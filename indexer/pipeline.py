@@ -150,7 +150,6 @@ def _decode_args(a):
 @dataclass
 class RunSummary:
     indexed: int = 0
-    skipped: int = 0
     failed: dict[str, str] = field(default_factory=dict)
     audio_seconds: float = 0.0
     decode_s: float = 0.0   # summed over decoding processes (CPU time)

@@ -23,7 +23,6 @@ class VectorConfig:
     hop_s: float = 0.25          # indexed windows start this far apart
     query_hop_s: float = 0.125   # query windows are cut finer, so one lies near every indexed window
     bands: int = 4               # sub-blocks per window; vector size = bands x latent channels
-    centre: bool = False         # remove each channel's mean over the window: keep how it moves, not timbre
     smooth_s: float = 0.05       # frame features are averaged over this span before alignment
     metric: str = "inner_product"
     neighbours: int = 30         # nearest indexed windows per query window
@@ -79,10 +78,7 @@ def window_vectors(feats: np.ndarray, grid: FrameGrid, cfg: VectorConfig, hop_s:
     means = _box_mean(feats, band)  # [T - band + 1, C]: the mean of a band starting at each frame
     hop = max(1, round(hop_s * grid.rate))
     starts = np.arange(0, len(feats) - span + 1, hop)
-    v = np.stack([means[starts + b * band] for b in range(cfg.bands)], axis=1)  # [W, bands, C]
-    if cfg.centre:
-        v -= v.mean(axis=1, keepdims=True)
-    v = v.reshape(len(v), -1)  # [W, bands * C]
+    v = np.concatenate([means[starts + b * band] for b in range(cfg.bands)], axis=1)  # [W, bands * C]
     v -= v.mean(axis=1, keepdims=True)
     v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-8
     return v.astype(np.float32), starts / grid.rate
