@@ -93,3 +93,63 @@ CONDITIONS = {
     "mp3": lambda x, sr, seed: mp3(x, sr),
     "room": lambda x, sr, seed: room(x, sr, seed),
 }
+
+
+def equalize(x: np.ndarray, sr: int, seed=0, max_db: float = 8.0, points: int = 6) -> np.ndarray:
+    """A random smooth EQ: gains of up to +-`max_db` at `points` log-spaced frequencies, interpolated."""
+    rng = _rng(seed)
+    spec = np.fft.rfft(x)
+    f = np.maximum(np.fft.rfftfreq(len(x), 1 / sr), 20.0)
+    at = np.geomspace(50.0, sr / 2, points)
+    gain_db = np.interp(np.log(f), np.log(at), rng.uniform(-max_db, max_db, points))
+    return np.fft.irfft(spec * 10 ** (gain_db / 20), len(x)).astype(np.float32)
+
+
+def degrade(x: np.ndarray, sr: int, seed=0) -> np.ndarray:
+    """A random chain of what a query goes through: room, EQ, band limit, MP3, noise at 0-10 dB SNR, gain.
+
+    The training views of the pooling head; every step is drawn from `seed`.
+    """
+    rng = _rng(seed)
+    if rng.random() < 0.5:
+        x = reverb(x, sr, rt60=float(rng.uniform(0.2, 0.8)), seed=rng)
+    if rng.random() < 0.5:
+        x = equalize(x, sr, seed=rng)
+    if rng.random() < 0.5:
+        x = band_limit(x, sr, float(rng.uniform(100.0, 400.0)), float(rng.uniform(3000.0, 8000.0)))
+    if rng.random() < 0.25:
+        x = mp3(x, sr)
+    if rng.random() < 0.8:
+        x = add_noise(x, float(rng.uniform(0.0, 10.0)), seed=rng, colour="pink" if rng.random() < 0.7 else "white")
+    return (x * rng.uniform(0.3, 1.5)).astype(np.float32)
+
+
+class ViewSampler:
+    """Pairs for contrastive training from int16 tracks: clean chunks, and a degraded copy of each.
+
+    The copy starts up to `max_shift_s` away (a query's window never lines up with
+    an indexed one to the sample), then goes through `degrade`.
+    """
+
+    def __init__(self, tracks: list[np.ndarray], chunk: int, sr: int, seed: int = 0, max_shift_s: float = 0.0625):
+        self.shift = int(max_shift_s * sr)
+        self.tracks = [t for t in tracks if len(t) >= chunk + 2 * self.shift]
+        if not self.tracks:
+            raise ValueError(f"no track is long enough for views of {chunk} samples")
+        self.chunk, self.sr = chunk, sr
+        lengths = np.array([len(t) - chunk - 2 * self.shift + 1 for t in self.tracks], dtype=np.float64)
+        self.p = lengths / lengths.sum()
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, size: int):
+        """(clean, degraded) float32 tensors `[size, chunk]` in [-1, 1]."""
+        import torch
+        clean = np.empty((size, self.chunk), np.float32)
+        views = np.empty((size, self.chunk), np.float32)
+        for row, i in enumerate(self.rng.choice(len(self.tracks), size=size, p=self.p)):
+            t = self.tracks[i]
+            start = int(self.rng.integers(self.shift, len(t) - self.chunk - self.shift + 1))
+            moved = start + int(self.rng.integers(-self.shift, self.shift + 1))
+            clean[row] = t[start:start + self.chunk] / 32768.0
+            views[row] = degrade(t[moved:moved + self.chunk] / np.float32(32768.0), self.sr, self.rng)
+        return torch.from_numpy(clean), torch.from_numpy(np.clip(views, -1.0, 1.0))

@@ -21,7 +21,7 @@ from models import Codec, load_codec, model_checksum, shipped_checkpoint
 from .catalog import Catalog
 from .vectors import FrameGrid, VectorConfig, build_faiss, centre, to_device, window_id
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: window vectors from the codec's pooling head
 DEFAULT_INDEX = Path("muzip-index")
 
 
@@ -85,8 +85,11 @@ class Index:
 
     @classmethod
     def _create(cls, root: Path, checkpoint: Path, device) -> "Index":
-        root.mkdir(parents=True, exist_ok=True)
         model = load_codec(checkpoint, device)
+        if model.head is None:
+            raise IndexOpenError(f"{checkpoint}: codec {model.cfg.name!r} has no pooling head, so it cannot make "
+                                 f"search vectors; index with one that has (the default, or train one)")
+        root.mkdir(parents=True, exist_ok=True)
         vectors = VectorConfig()
         grid = FrameGrid.of(model.cfg)
         manifest = {
@@ -98,7 +101,7 @@ class Index:
             "frame_rate": grid.rate,
             "window_s": vectors.window_s,
             "hop_s": vectors.hop_s,
-            "vector_dim": vectors.bands * model.cfg.latent_dim,
+            "vector_dim": model.cfg.head[1],
             "track_vector_dim": 2 * model.cfg.latent_dim,
             "metric": vectors.metric,
             "kbps": round(model.cfg.kbps, 2),

@@ -102,14 +102,15 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tu
     return out
 
 
-def pool_stage(latents: np.ndarray, grid: FrameGrid, cfg: VectorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A track's latents -> (window vectors `[W, D]` every `cfg.hop_s`, whole-track vector)."""
-    feats = frame_features(latents, grid)
-    windows, _ = window_vectors(feats, grid, cfg, cfg.hop_s)
-    return windows, track_vector(feats)
+def pool_stage(model: Codec, latents: np.ndarray, samples: int, cfg: VectorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """A track's latents -> (window vectors `[W, D]` every `cfg.hop_s` from the pooling head, whole-track vector)."""
+    grid = FrameGrid.of(model.cfg)
+    frames = int(samples * grid.rate / model.cfg.sample_rate)
+    windows, _ = window_vectors(model, latents, grid, cfg.hop_s, frames)
+    return windows, track_vector(frame_features(latents, grid)[:max(1, frames)])
 
 
-def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, grid: FrameGrid, cfg: VectorConfig,
+def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg: VectorConfig,
            meta: dict | None) -> TrackRecord:
     """The catalog record of one file (pooling its latents when it was encoded)."""
     m = meta or {}
@@ -123,7 +124,7 @@ def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, grid: FrameGrid, 
     if _is_silent(latents):
         rec.reason = "silent"
         return rec
-    rec.windows, rec.whole = pool_stage(latents, grid, cfg)
+    rec.windows, rec.whole = pool_stage(model, latents, samples, cfg)
     rec.status, rec.latents, rec.samples = "indexed", latents, samples
     return rec
 
@@ -161,7 +162,6 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         workers: int | None = None, batch_files: int = 8,
         on_file: Callable[[Decoded, TrackRecord], None] | None = None) -> RunSummary:
     """Index `paths` into `catalog`: decode in workers, encode in batches, pool, write one by one."""
-    grid = FrameGrid.of(model.cfg)
     min_seconds = 1.0  # shorter than one second: nothing worth searching for
     summary = RunSummary()
     workers = workers or max(1, (os.cpu_count() or 1))
@@ -174,7 +174,7 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         summary.encode_s += t1 - t0
         for d, e in zip(pending, encoded):
             summary.decode_s += d.decode_s
-            rec = record(d, e, grid, cfg, (metadata or {}).get(fma_id(d.path)))
+            rec = record(d, e, model, cfg, (metadata or {}).get(fma_id(d.path)))
             write_stage(catalog, rec)
             if rec.status == "indexed":
                 summary.indexed += 1

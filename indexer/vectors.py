@@ -1,10 +1,10 @@
 """Vectors pooled from the codec's latents, and the FAISS indexes built from them.
 
-Per latent frame the feature is the log energy of each latent channel; a window
-vector is that feature averaged over `bands` consecutive sub-blocks of the window,
-with the window's mean removed (gain invariance) and L2-normalised, so inner
-product is cosine similarity. The whole-track vector is the mean and spread of
-the per-frame features over the track.
+A window vector is what the codec's pooling head makes of one second of stored
+latents (trained so that a room, noise or MP3 moves it little): unit length, so
+inner product is cosine similarity. Per latent frame, the log energy of each
+latent channel serves the whole-track vector (its mean and spread over the track)
+and the fine alignment of a candidate.
 """
 import functools
 import math
@@ -19,17 +19,19 @@ _EPS = 1e-4  # energy floor, in units of the int8 grid squared, so silence maps 
 @dataclass(frozen=True)
 class VectorConfig:
     """How vectors are pooled and searched; stored in the index manifest."""
-    window_s: float = 1.0        # one window vector covers this much audio
+    window_s: float = 1.0        # one window vector covers this much audio (the codec's chunk)
     hop_s: float = 0.25          # indexed windows start this far apart
     query_hop_s: float = 0.125   # query windows are cut finer, so one lies near every indexed window
-    bands: int = 4               # sub-blocks per window; vector size = bands x latent channels
-    smooth_s: float = 0.05       # frame features are averaged over this span before alignment
+    query_windows: int = 16      # at most this many query windows searched (evenly spread over a long clip)
     metric: str = "inner_product"
     neighbours: int = 30         # nearest indexed windows per query window
-    candidates: int = 24         # (track, offset) pairs aligned on their latent features
+    candidates: int = 24         # (track, offset) pairs kept from the vote
     offsets_per_track: int = 4   # a track may offer several offsets: music repeats (loops, choruses)
-    rescore: int = 4             # of those, the best re-scored on spectrograms of their decoded audio
-    rescore_max_s: float = 5.0   # at most this much of the clip is re-scored (the middle of longer clips)
+    rescore: int = 4             # of those, at most this many re-scored against their decoded audio,
+    rescore_ratio: float = 0.7   # those with at least this share of the best candidate's votes
+    rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips)
+    waveform_s: float = 0.5      # of which this much is also compared sample by sample
+    min_score: float = 0.45      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     exact_max: int = 2_000_000   # above this many windows, an approximate index (IVF-PQ)
@@ -66,22 +68,32 @@ def _box_mean(x: np.ndarray, width: int) -> np.ndarray:
     return ((c[width:] - c[:-width]) / width).astype(np.float32)
 
 
-def window_vectors(feats: np.ndarray, grid: FrameGrid, cfg: VectorConfig, hop_s: float) -> tuple[np.ndarray, np.ndarray]:
-    """Window vectors `[W, bands * C]` every `hop_s`, and their start times in seconds `[W]`.
+@torch.no_grad()
+def window_vectors(model, latents: np.ndarray, grid: FrameGrid, hop_s: float, frames: int | None = None,
+                   limit: int | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Window vectors `[W, D]` from the codec's pooling head every `hop_s`, and their start times in s `[W]`.
 
-    A signal shorter than one window gives one vector over what there is.
+    `latents` are stored ones `[N, C, F]` (int8); `frames` cuts the frame sequence
+    where the signal ends. A signal shorter than one window gives one vector,
+    zero-padded (silence) as a chunk is. With `limit`, at most that many windows,
+    spread evenly over the signal.
     """
-    band = max(1, round(cfg.window_s * grid.rate / cfg.bands))
-    span = band * cfg.bands
-    if len(feats) < span:  # short signal: stretch the bands over what there is
-        feats = np.repeat(feats, -(-span // max(1, len(feats))), axis=0)[:span]
-    means = _box_mean(feats, band)  # [T - band + 1, C]: the mean of a band starting at each frame
-    hop = max(1, round(hop_s * grid.rate))
-    starts = np.arange(0, len(feats) - span + 1, hop)
-    v = np.concatenate([means[starts + b * band] for b in range(cfg.bands)], axis=1)  # [W, bands * C]
-    v -= v.mean(axis=1, keepdims=True)
-    v /= np.linalg.norm(v, axis=1, keepdims=True) + 1e-8
-    return v.astype(np.float32), starts / grid.rate
+    seq = model.dequantize(torch.from_numpy(np.ascontiguousarray(latents[:, :, :grid.per_chunk])))
+    seq = seq.permute(1, 0, 2).reshape(latents.shape[1], -1)  # [C, T] in time order
+    if frames is not None:
+        seq = seq[:, :max(1, frames)]
+    n = model.window_frames
+    if seq.shape[1] < n:
+        seq = torch.nn.functional.pad(seq, (0, n - seq.shape[1]))
+    starts = np.unique(np.round(np.arange(0, seq.shape[1] - n + 1, hop_s * grid.rate)).astype(np.int64))
+    starts = starts[starts + n <= seq.shape[1]]
+    if limit is not None and len(starts) > limit:
+        starts = starts[np.round(np.linspace(0, len(starts) - 1, limit)).astype(np.int64)]
+    windows = seq.unfold(1, n, 1)  # [C, T - n + 1, n], a view
+    device = next(model.parameters()).device
+    out = [model.embed(windows[:, starts[i:i + batch]].permute(1, 0, 2).to(device)).cpu()
+           for i in range(0, len(starts), batch)]
+    return torch.cat(out).numpy().astype(np.float32), starts / grid.rate
 
 
 def track_vector(feats: np.ndarray) -> np.ndarray:
@@ -89,15 +101,6 @@ def track_vector(feats: np.ndarray) -> np.ndarray:
     v = np.concatenate([feats.mean(axis=0), feats.std(axis=0)])
     v = v - v.mean()
     return (v / (np.linalg.norm(v) + 1e-8)).astype(np.float32)
-
-
-def smooth(feats: np.ndarray, grid: FrameGrid, cfg: VectorConfig) -> np.ndarray:
-    """Frame features `[T, C]` averaged over `smooth_s`, centred; for fine alignment."""
-    width = max(1, round(cfg.smooth_s * grid.rate))
-    if len(feats) < width:
-        return feats
-    pad = np.concatenate([np.repeat(feats[:1], width // 2, 0), feats, np.repeat(feats[-1:], width - 1 - width // 2, 0)])
-    return _box_mean(pad, width)
 
 
 def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
@@ -125,6 +128,27 @@ def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, 
     s2 = c2[tq:tq + hi - lo + 1] - c2[: hi - lo + 1]
     var = np.maximum((s2 - s1 ** 2 / tq).sum(axis=1), 1e-12)  # [L]: centred energy of each window
     scores = dots / (np.sqrt(var) * (np.linalg.norm(q) + 1e-12))
+    best = int(np.argmax(scores))
+    return lo + best, float(scores[best])
+
+
+def waveform_match(clip: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
+    """Best sample lag in [lo, hi] of waveform `clip` inside `track`, by normalised correlation.
+
+    Returns (lag, correlation); lag -1 if the clip fits nowhere in [lo, hi].
+    """
+    n = len(clip)
+    lo, hi = max(lo, 0), min(hi, len(track) - n)
+    if hi < lo or n == 0:
+        return -1, -1.0
+    seg = track[lo:hi + n].astype(np.float64)
+    q = clip.astype(np.float64) - clip.mean()
+    size = 1 << (len(seg) + n - 1).bit_length()
+    dots = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(q, size)), size)[: hi - lo + 1]
+    c1 = np.concatenate([[0.0], np.cumsum(seg)])
+    c2 = np.concatenate([[0.0], np.cumsum(seg ** 2)])
+    s1, s2 = c1[n:n + hi - lo + 1] - c1[: hi - lo + 1], c2[n:n + hi - lo + 1] - c2[: hi - lo + 1]
+    scores = dots / (np.sqrt(np.maximum(s2 - s1 ** 2 / n, 1e-12)) * (np.linalg.norm(q) + 1e-12))
     best = int(np.argmax(scores))
     return lo + best, float(scores[best])
 

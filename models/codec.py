@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import CodecConfig
+from .fingerprint import PoolingHead
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}
 
@@ -21,12 +22,14 @@ class Codec(nn.Module):
 
     Subclasses define `latents` (continuous, tanh-bounded) and `synthesize`.
     `encode` returns latents as stored: float32 for the paper's models, int8 for
-    8-bit models; `decode` accepts either and returns `[B, chunk]`.
+    8-bit models; `decode` accepts either and returns `[B, chunk]`. A codec with a
+    `head` also turns windows of latents into search vectors (`embed`).
     """
 
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
+        self.head = PoolingHead(cfg.latent_dim, *cfg.head) if cfg.head else None
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -61,6 +64,17 @@ class Codec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Stored latents `[B, C, F]` -> chunks `[B, chunk]`, clamped to [-1, 1]."""
         return self.synthesize(self.dequantize(latents)).clamp(-1.0, 1.0)
+
+    @property
+    def window_frames(self) -> int:
+        """Latent frames the head pools into one vector: one chunk's worth."""
+        return self.cfg.chunk // self.cfg.frame
+
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """Float latents of windows `[B, C, window_frames]` -> unit search vectors `[B, D]`."""
+        if self.head is None:
+            raise ValueError(f"codec {self.cfg.name!r} has no pooling head")
+        return self.head(z)
 
     def dequantize(self, latents: torch.Tensor) -> torch.Tensor:
         """Stored latents -> float latents in [-1, 1]."""

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .codec import Codec
+from .fingerprint import info_nce
 
 PCM16_SCALE = 32768.0  # tracks arrive as int16 PCM, scaled as libsndfile scales it
 
@@ -22,7 +23,7 @@ class TrainState:
     epoch: int = 0
     step: int = 0
     seconds: float = 0.0
-    history: list = field(default_factory=list)  # one {"epoch", "train_mse", "val_mse"} per epoch
+    history: list = field(default_factory=list)  # one {"epoch", "train_mse", "val_mse"[, "view_accuracy"]} per epoch
 
 
 class ChunkSampler:
@@ -70,6 +71,22 @@ def reconstruction_loss(model: Codec, x: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(model(x).float() * s, x * s)
 
 
+def joint_loss(model: Codec, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Reconstruction MSE of clean chunks `x` and InfoNCE between their vectors and those of views `y`.
+
+    `y[i]` is a degraded, slightly shifted copy of `x[i]`. Both vectors come from
+    the quantized latents the index would store. Returns (mse on x10 values,
+    InfoNCE, share of rows whose own view is their nearest).
+    """
+    s, n = model.cfg.scale, model.window_frames
+    zx = model.quantize(model.latents(x))
+    mse = F.mse_loss(model.synthesize(zx).float() * s, x * s)
+    a = model.embed(zx[:, :, :n].float())
+    b = model.embed(model.quantize(model.latents(y))[:, :, :n].float())
+    accuracy = ((a @ b.T).argmax(1) == torch.arange(len(a), device=a.device)).float().mean().item()
+    return mse, info_nce(a, b, model.cfg.temperature), accuracy
+
+
 @torch.no_grad()
 def validate(model: Codec, chunks: torch.Tensor, device: torch.device, batch_size: int = 64) -> float:
     """Mean squared error on [-1, 1] samples over fixed chunks (with quantized latents)."""
@@ -89,29 +106,41 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
         epochs: int, device: torch.device, state: TrainState | None = None,
         on_step: Callable[[TrainState, float], None] | None = None,
         on_epoch: Callable[[TrainState], None] | None = None, checkpoint_every: int = 0,
-        on_checkpoint: Callable[[TrainState], None] | None = None) -> TrainState:
+        on_checkpoint: Callable[[TrainState], None] | None = None,
+        views: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> TrainState:
     """Train until `state.epoch == epochs`; an epoch sees as many chunks as the tracks hold.
 
-    `on_step(state, loss)` is called after every step (progress bars), `on_epoch`
-    after every epoch with the validation MSE recorded, `on_checkpoint` every
-    `checkpoint_every` steps.
+    With `views` (a function giving `batch` clean chunks and a degraded view of
+    each) and a codec with a head and a `contrastive` weight, each step also
+    trains the head, and the encoder through it, with InfoNCE; otherwise chunks
+    come from `sampler` and the loss is the MSE alone. `on_step(state, loss)` is
+    called after every step (progress bars), `on_epoch` after every epoch with
+    the validation MSE recorded, `on_checkpoint` every `checkpoint_every` steps.
     """
     state = state or TrainState()
     bs = model.cfg.batch_size
     steps = max(1, math.ceil(sampler.chunks_per_epoch / bs))
+    contrastive = views is not None and model.head is not None and model.cfg.contrastive > 0
     model.to(device).train()
     while state.epoch < epochs:
-        t0, losses = time.perf_counter(), []
+        t0, losses, accuracies = time.perf_counter(), [], []
         done = min(max(state.step - state.epoch * steps, 0), steps)  # resumed mid-epoch
         for _ in range(steps - done):
-            x = sampler.batch(bs).to(device)
-            with _autocast(device):
-                loss = reconstruction_loss(model, x)
+            if contrastive:
+                x, y = (v.to(device) for v in views(bs))
+                with _autocast(device):
+                    mse, nce, accuracy = joint_loss(model, x, y)
+                    loss = mse + model.cfg.contrastive * nce
+                accuracies.append(accuracy)
+            else:
+                x = sampler.batch(bs).to(device)
+                with _autocast(device):
+                    loss = mse = reconstruction_loss(model, x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             state.step += 1
-            losses.append(loss.item() / model.cfg.scale ** 2)
+            losses.append(mse.item() / model.cfg.scale ** 2)
             if on_step:
                 on_step(state, losses[-1])
             if checkpoint_every and on_checkpoint and state.step % checkpoint_every == 0:
@@ -120,6 +149,8 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
         state.seconds += time.perf_counter() - t0
         state.history.append({"epoch": state.epoch, "train_mse": float(np.mean(losses)) if losses else None,
                               "val_mse": validate(model, val, device)})
+        if accuracies:  # in-batch: how often a degraded view's nearest clean vector is its own
+            state.history[-1]["view_accuracy"] = float(np.mean(accuracies))
         if on_epoch:
             on_epoch(state)
     return state

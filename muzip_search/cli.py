@@ -54,11 +54,18 @@ def train(
     seed: Annotated[int, typer.Option(help="Seed of the split and the sampling.")] = 0,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate for this run (default: the "
                                                            "preset's; lower it to fine-tune with --resume).")] = None,
+    init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights where the preset's "
+                                                   "layers match (e.g. add a pooling head to a trained codec).",
+                                              exists=True, dir_okay=False)] = None,
     json_out: Json = False,
 ):
     """Train the codec on a music folder, validating on whole held-out tracks.
 
     Example:  muzip-search train fma_small/ --preset m3 --epochs 20 --out m3.pt
+
+    A preset with a pooling head (default, tiny) also trains it contrastively on
+    degraded copies of the audio (room, EQ, band limits, MP3, noise at 0-10 dB, gain).
+    Example:  muzip-search train fma_small/ --init old.pt --lr 5e-4 --epochs 8 --out default.pt
     """
     from .training import TrainError, train as run_train
     if preset not in PRESETS:
@@ -66,7 +73,7 @@ def train(
     try:
         report = run_train(directory, out, preset_name=preset, epochs=epochs, device=device, resume=resume,
                            val_fraction=val_fraction, max_hours=max_hours, seed=seed,
-                           checkpoint_every=checkpoint_every, lr=lr, progress=not json_out)
+                           checkpoint_every=checkpoint_every, lr=lr, init=init, progress=not json_out)
     except (TrainError, CheckpointError, RuntimeError, ValueError) as err:
         fail(str(err))
     if json_out:
@@ -191,7 +198,9 @@ def query(
     clips: Annotated[list[Path], typer.Argument(help="Audio clips to look up (any common format).")],
     index_dir: IndexDir = DEFAULT_INDEX_DIR,
     top: Annotated[int, typer.Option(min=1, help="Matches per clip.")] = 5,
-    min_score: Annotated[float, typer.Option(help="Hide matches scoring below this (-1 to 1).")] = 0.0,
+    min_score: Annotated[float | None, typer.Option(
+        help="No-match threshold: hide matches scoring below this (-1 to 1; 0 shows every candidate). "
+             "Default: the index's, 0.45 (see BENCHMARKS.md for its false-match rate).")] = None,
     reconstruct_dir: Annotated[Path | None, typer.Option("--reconstruct", file_okay=False,
                                                          help="Write each match's span, decoded from the "
                                                               "stored latents, as WAV in this folder.")] = None,

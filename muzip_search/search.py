@@ -1,4 +1,4 @@
-"""Finding where a clip comes from: window votes by offset, then fine alignment of the best tracks."""
+"""Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -8,9 +8,12 @@ import numpy as np
 from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
 from indexer.index import Index
-from indexer.vectors import align, band_spectrogram, centre, frame_features, smooth, split_id, window_vectors
+from indexer.vectors import align, band_spectrogram, centre, split_id, waveform_match, window_vectors
 
 from .reconstruct import NotInIndex, reconstruct
+
+
+WAVEFORM_WEIGHT = 0.2  # of the waveform correlation in the score, beside the spectrogram's 1
 
 
 class ClipTooShort(Exception):
@@ -46,34 +49,37 @@ class Searcher:
     def min_seconds(self) -> float:
         return self.cfg.window_s
 
-    def clip_features(self, x: np.ndarray) -> np.ndarray:
-        """Per-frame features `[T, C]` of a mono clip at the model's rate (frames inside the clip only)."""
-        latents = encode_signal(self.index.model, x).numpy()
-        frames = int(len(x) * self.grid.rate / self.index.model.cfg.sample_rate)
-        return frame_features(latents, self.grid)[:max(1, frames)]
+    def search(self, x: np.ndarray, top: int = 5, min_score: float | None = None) -> list[Match]:
+        """Best tracks for mono clip `x` at the model's rate, with where in each the clip starts.
 
-    def search(self, x: np.ndarray, top: int = 5, min_score: float = 0.0) -> list[Match]:
-        """Best tracks for mono clip `x` at the model's rate, with where in each the clip starts."""
-        sr = self.index.model.cfg.sample_rate
+        Matches scoring under `min_score` (default: the index's `min_score`, the
+        no-match threshold) are left out, so a clip of unknown music gets `[]`.
+        """
+        model, sr = self.index.model, self.index.model.cfg.sample_rate
         if len(x) < self.min_seconds * sr:
             raise ClipTooShort(f"clip is {len(x) / sr:.2f} s; the minimum is {self.min_seconds:g} s")
-        feats = self.clip_features(x)
-        qv, qt = window_vectors(feats, self.grid, self.cfg, self.cfg.query_hop_s)
+        min_score = self.cfg.min_score if min_score is None else min_score
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
+        latents = encode_signal(model, x).numpy()
+        frames = int(len(x) * self.grid.rate / sr)
+        qv, qt = window_vectors(model, latents, self.grid, self.cfg.query_hop_s, frames, limit=self.cfg.query_windows)
         sims, ids = s.windows.search(centre(qv, s.mean), min(self.cfg.neighbours, s.windows.ntotal))
-        candidates = self._vote(sims, ids, qt)
-        qs = smooth(feats, self.grid, self.cfg)
-        aligned = []
-        for tid, offset in candidates:
-            hit = self._align(qs, tid, offset)
-            if hit is not None:
-                aligned.append((tid, *hit))
-        aligned.sort(key=lambda h: -h[2])
-        # every match shown is re-scored, so all scores are on one scale (spectrogram correlation)
-        n = max(self.cfg.rescore, top)
-        rescored = sorted((self._rescore(x, *h) for h in aligned[:n]), key=lambda h: -h[2])
+        voted = self._vote(sims, ids, qt)
+        if not voted:
+            return []
+        # re-score the candidates whose votes come near the best one's (and enough for `top` tracks): one when
+        # the vote is clear, several when a loop's repeats or similar tracks split it; every match shown is
+        # re-scored, so all scores are on one scale
+        close = min(self.cfg.rescore, sum(v >= self.cfg.rescore_ratio * voted[0][2] for _, _, v in voted))
+        candidates, tracks = [], set()
+        for i, c in enumerate(voted):
+            if i >= close and len(tracks) >= top:
+                break
+            candidates.append(c)
+            tracks.add(c[0])
+        rescored = sorted((self._rescore(x, tid, offset) for tid, offset, _ in candidates), key=lambda h: -h[2])
         found = [h for h in rescored if h[2] >= min_score]
         seen: set[int] = set()
         found = [h for h in found if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
@@ -82,80 +88,76 @@ class Searcher:
         return [Match(tid, rows[tid]["path"], round(off, 3), round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], span) for tid, off, score in found[:top]]
 
-    def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray) -> list[tuple[int, float]]:
-        """(track, clip start) pairs that many window matches agree on: [(track_id, offset_s)], best first.
+    def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray) -> list[tuple[int, float, float]]:
+        """(track, clip start) pairs that many window matches agree on: [(track_id, offset_s, votes)], best first.
 
-        A track may offer up to `offsets_per_track` distinct starts, because a repeated
-        section can outvote the true one; the fine stages then tell them apart.
+        Every neighbour of every query window votes, with its similarity, for the
+        track and the clip start it implies (in bins of half a hop). A track may
+        offer up to `offsets_per_track` distinct starts, because a repeated section
+        can outvote the true one; re-scoring then tells them apart.
         """
         hop = self.cfg.hop_s
-        votes: dict[tuple[int, int], float] = defaultdict(float)
-        offsets: dict[tuple[int, int], list] = defaultdict(list)
         valid = ids >= 0
-        tids, wins = split_id(np.where(valid, ids, 0))
-        for (i, j) in zip(*np.nonzero(valid)):
-            off = wins[i, j] * hop - qt[i]
-            key = (int(tids[i, j]), int(round(off / (hop / 2))))
-            votes[key] += float(sims[i, j])
-            offsets[key].append(off)
-        # neighbouring bins hold the same offset split by rounding
-        scored = sorted(((v + 0.5 * (votes.get((tid, b - 1), 0.0) + votes.get((tid, b + 1), 0.0)), tid, b)
-                         for (tid, b), v in votes.items()), reverse=True)
+        rows = np.nonzero(valid)[0]
+        tids, wins = split_id(ids[valid])
+        offsets = wins * hop - qt[rows]
+        bins = np.round(offsets / (hop / 2)).astype(np.int64)
+        keys = (tids << 24) | (bins + (1 << 23))  # one integer per (track, bin), adjacent bins adjacent
+        uniq, inv = np.unique(keys, return_inverse=True)
+        votes = np.bincount(inv, weights=np.maximum(sims[valid], 0.0))
+        mean_offset = np.bincount(inv, weights=offsets) / np.bincount(inv)
+        # neighbouring bins hold the same start split by rounding
+        total = votes.copy()
+        for step in (-1, 1):
+            j = np.searchsorted(uniq, uniq + step)
+            hit = (j < len(uniq)) & (uniq[np.minimum(j, len(uniq) - 1)] == uniq + step)
+            total[hit] += 0.5 * votes[j[hit]]
         chosen: dict[int, list[int]] = defaultdict(list)
         out = []
-        for _, tid, b in scored:
+        for k in np.argsort(-total, kind="stable"):
+            tid, b = int(uniq[k] >> 24), int(uniq[k] & ((1 << 24) - 1))
             taken = chosen[tid]
             if len(taken) >= self.cfg.offsets_per_track or any(abs(b - t) <= 2 for t in taken):
                 continue  # a near duplicate of a start already chosen for this track
             taken.append(b)
-            out.append((tid, float(np.median(offsets[(tid, b)]))))
+            out.append((tid, float(mean_offset[k]), float(total[k])))
             if len(out) == self.cfg.candidates:
                 break
         return out
 
-    def _align(self, qs: np.ndarray, tid: int, offset: float) -> tuple[float, float] | None:
-        """Refine one candidate's offset by sliding the clip's features over the track's stored latents."""
-        rate = self.grid.rate
-        per_chunk = self.grid.per_chunk
-        slack = self.cfg.hop_s  # the vote's offset is good to about one hop
-        lo = int(np.floor((offset - slack) * rate))
-        hi = int(np.ceil((offset + slack) * rate))
-        first = max(0, lo) // per_chunk
-        last = (max(0, hi) + len(qs)) // per_chunk + 1
-        got = self.index.catalog.latents(tid, first, last)
-        if got is None or not len(got[0]):
-            return None
-        track = smooth(frame_features(got[0], self.grid), self.grid, self.cfg)
-        base = first * per_chunk
-        lag, score = align(qs, track, lo - base, hi - base)
-        if lag < 0:
-            return None
-        return (lag + base) / rate, score
+    def _rescore(self, x: np.ndarray, tid: int, offset: float) -> tuple[int, float, float]:
+        """Re-score a candidate against its span decoded from the stored latents.
 
-    def _rescore(self, x: np.ndarray, tid: int, offset: float, _score: float) -> tuple[int, float, float]:
-        """Re-score a candidate on band spectrograms of the clip and of its span decoded from the stored latents.
-
-        Returns (track_id, refined offset in s, score); the score is the
-        spectrogram alignment's correlation, in [-1, 1].
+        The start: the best lag of band spectrograms within a hop of the vote's
+        start, then of the waveforms within two spectrogram frames of that. The
+        score, in [-1, 1], weighs the spectrogram correlation (phase-blind, so it
+        holds in a room; low for music that is not in the index) 5 to 1 with the
+        waveform correlation on 0.5 s (near 1 only for this very recording, so it
+        tells a loop's repeats apart). Returns (track_id, start in s, score).
         """
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
         keep = min(len(x), int(cfg.rescore_max_s * sr))
         skip = (len(x) - keep) // 2  # the middle of a long clip
-        slack = 0.1  # the latent alignment is good to a few frames; search a little around it
+        slack = cfg.hop_s
         start = max(0.0, offset + skip / sr - slack)
         try:
             seg = reconstruct(self.index, tid, start, offset + (skip + keep) / sr + slack)
         except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
-        q = band_spectrogram(x[skip:skip + keep], sr, cfg)
+        piece = x[skip:skip + keep]
+        q = band_spectrogram(piece, sr, cfg)
         t = band_spectrogram(seg, sr, cfg)
-        lag, score = align(q, t, 0, len(t) - len(q))
+        lag, spec = align(q, t, 0, len(t) - len(q))
         if lag < 0:
             return tid, offset, -1.0
         hop = max(1, int(round(cfg.spec_hop_s * sr)))
-        return tid, start + lag * hop / sr - skip / sr, score
+        n = min(len(piece), int(cfg.waveform_s * sr))
+        mid = (len(piece) - n) // 2  # the waveform is compared on the middle of the piece
+        at, wave = waveform_match(piece[mid:mid + n], seg, lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
+        at = at - mid if at >= 0 else lag * hop
+        return tid, start + (at - skip) / sr, (spec + WAVEFORM_WEIGHT * max(wave, 0.0)) / (1 + WAVEFORM_WEIGHT)
 
-    def search_file(self, path: Path, top: int = 5, min_score: float = 0.0) -> list[Match]:
+    def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         x = load(path, self.index.model.cfg.sample_rate)
         return self.search(x, top, min_score)

@@ -6,6 +6,7 @@ from pathlib import Path
 import torch
 
 from indexer.audio import AudioError, info
+from indexer.augment import ViewSampler
 from indexer.collection import find_audio, sample_tracks, split_by_track
 from indexer.decode import decode_files
 from models import CodecConfig, build_codec, preset, save_checkpoint
@@ -36,7 +37,7 @@ class TrainError(Exception):
 def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 10, device: str = "auto",
           resume: bool = False, val_fraction: float = 0.1, max_hours: float = 10.0, seed: int = 0,
           checkpoint_every: int = 500, workers: int | None = None, lr: float | None = None,
-          progress: bool = True) -> TrainReport:
+          init: Path | None = None, progress: bool = True) -> TrainReport:
     """Train on every audio file under `root`, validating on whole held-out tracks.
 
     The checkpoint at `out` is rewritten after every epoch and every
@@ -44,6 +45,10 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
     (its config, optimizer and epoch count). An existing `out` without `resume`
     is refused, so nothing is overwritten silently. `lr` overrides the preset's
     learning rate for this run (for example a lower one to fine-tune on resume).
+    `init` starts a new run from another checkpoint's weights wherever the
+    preset has the same layers (say a codec without a pooling head, to which the
+    preset adds one). A preset with a head and a `contrastive` weight trains it
+    on degraded views of the training audio, made on the fly (`indexer.augment`).
     """
     out = Path(out)
     dev = pick_device(device)
@@ -96,10 +101,14 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
         model.load_state_dict(ckpt["model"])
         if ckpt.get("optimizer"):
             optimizer.load_state_dict(ckpt["optimizer"])
+    elif init is not None:
+        _load_matching(model, read_checkpoint(init)["model"], init)
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
     sampler = ChunkSampler(train_tracks, cfg.chunk, seed=seed + state.step)
+    views = ViewSampler(train_tracks, cfg.chunk, cfg.sample_rate, seed=seed + state.step) \
+        if cfg.head and cfg.contrastive > 0 else None
     val = fixed_chunks(val_tracks, cfg.chunk)
 
     def save(s: TrainState):
@@ -117,12 +126,22 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
         save(s)
         h = s.history[-1]
         if progress:
-            bar.write(f"epoch {h['epoch']}: train mse {h['train_mse']:.3e}  val mse {h['val_mse']:.3e}",
+            views_part = f"  view accuracy {h['view_accuracy']:.2f}" if "view_accuracy" in h else ""
+            bar.write(f"epoch {h['epoch']}: train mse {h['train_mse']:.3e}  val mse {h['val_mse']:.3e}{views_part}",
                       file=sys.stderr)
 
     state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
-                on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save)
+                on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views)
     bar.close()
     save(state)
     return TrainReport(str(out), cfg.name, len(train_tracks), len(val_tracks), failed, state.epoch,
                        state.step, round(state.seconds, 1), state.history)
+
+
+def _load_matching(model: torch.nn.Module, weights: dict, source: Path) -> None:
+    """Copy every tensor of `weights` whose name and shape `model` shares; refuse if none does."""
+    own = model.state_dict()
+    shared = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not shared:
+        raise TrainError(f"{source} shares no layer with this preset")
+    model.load_state_dict(shared, strict=False)

@@ -88,10 +88,23 @@ def test_query_finds_the_track_and_offset(built, tmp_path, noise_db):
     assert max(errors) < 0.02, errors  # within a few latent frames (5.7 ms each)
 
 
+def test_unindexed_music_gets_no_match_and_indexed_music_a_match(built, tmp_path):
+    index_dir, _ = built
+    sf.write(tmp_path / "unknown.wav", song(3.0, seed=77), SR)  # a song that is not in the index
+    sf.write(tmp_path / "known.wav", cut(6, 1.3, 3.0), SR)
+    result = cli("query", tmp_path / "unknown.wav", tmp_path / "known.wav", "--index", index_dir, "--json")
+    unknown, known = (json.loads(line) for line in result.stdout.splitlines())
+    assert unknown["matches"] == []
+    assert [m["track_id"] for m in known["matches"]] == [6]  # the others score under the threshold too
+    everything = cli("query", tmp_path / "unknown.wav", "--index", index_dir, "--json", "--min-score", "0")
+    shown = json.loads(everything.stdout)["matches"]  # --min-score 0 shows the candidates, all under 0.5
+    assert shown and max(m["score"] for m in shown) < 0.5
+
+
 def test_query_json_shape(built, tmp_path):
     index_dir, _ = built
     sf.write(tmp_path / "a.flac", np.stack([cut(4, 1.5, 2.0)] * 2, axis=1), SR)  # stereo FLAC
-    result = cli("query", tmp_path / "a.flac", "--index", index_dir, "--json", "--top", "2")
+    result = cli("query", tmp_path / "a.flac", "--index", index_dir, "--json", "--top", "2", "--min-score", "0")
     r = json.loads(result.stdout)
     assert list(r) == ["query", "matches"] and r["query"] == str(tmp_path / "a.flac")
     assert len(r["matches"]) == 2
@@ -164,7 +177,7 @@ def test_similar_and_stats(built):
     assert list(r["similar"][0]) == ["track_id", "path", "score", "title", "artist", "genre"]
     scores = [s["score"] for s in r["similar"]]
     assert scores == sorted(scores, reverse=True) and scores[0] < 0.99  # centred: tracks are told apart
-    assert (index_dir / "mean-12.f32").stat().st_size == (180 + 90) * 4  # window and track means
+    assert (index_dir / "mean-12.f32").stat().st_size == (128 + 90) * 4  # window and track means
     s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
     assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)
