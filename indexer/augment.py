@@ -9,6 +9,7 @@ import io
 import numpy as np
 import soundfile as sf
 import soxr
+import torch
 
 
 def _rng(seed) -> np.random.Generator:
@@ -141,9 +142,8 @@ class ViewSampler:
         self.p = lengths / lengths.sum()
         self.rng = np.random.default_rng(seed)
 
-    def __call__(self, size: int):
+    def __call__(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean, degraded) float32 tensors `[size, chunk]` in [-1, 1]."""
-        import torch
         clean = np.empty((size, self.chunk), np.float32)
         views = np.empty((size, self.chunk), np.float32)
         for row, i in enumerate(self.rng.choice(len(self.tracks), size=size, p=self.p)):

@@ -26,10 +26,16 @@ class Codec(nn.Module):
     `head` also turns windows of latents into search vectors (`embed`).
     """
 
+    DECODER: tuple[str, ...] = ()  # names of the submodules that make up the decoder
+
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
         self.head = PoolingHead(cfg.latent_dim, *cfg.head) if cfg.head else None
+
+    def decoder_parameters(self):
+        """The decoder's parameters: what `train --decoder-only` fits, leaving latents and vectors as they are."""
+        return [p for name in self.DECODER for p in getattr(self, name).parameters()]
 
     def latents(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -84,6 +90,8 @@ class Codec(nn.Module):
 
 class PaperCodec(Codec):
     """Conv1d(kernel = stride = frame) then 1x1 Conv1ds, tanh; linear last layer, flattened."""
+
+    DECODER = ("decoder",)
 
     def __init__(self, cfg: CodecConfig):
         super().__init__(cfg)
@@ -144,6 +152,7 @@ class LappedCodec(Codec):
     encoder = (bins, mlp width, latent); bins = frame; windows of 2 * frame.
     """
 
+    DECODER = ("dec_skip", "dec_mlp", "synthesis")
     GAIN = 32.0  # MDCT coefficients of x10 music reach ~30: bring them into tanh's linear range
 
     def __init__(self, cfg: CodecConfig):

@@ -57,6 +57,8 @@ def train(
     init: Annotated[Path | None, typer.Option(help="Start from this checkpoint's weights where the preset's "
                                                    "layers match (e.g. add a pooling head to a trained codec).",
                                               exists=True, dir_okay=False)] = None,
+    decoder_only: Annotated[bool, typer.Option(help="Fit the decoder alone (MSE): latents and search vectors "
+                                                    "stay as they are.")] = False,
     json_out: Json = False,
 ):
     """Train the codec on a music folder, validating on whole held-out tracks.
@@ -73,7 +75,8 @@ def train(
     try:
         report = run_train(directory, out, preset_name=preset, epochs=epochs, device=device, resume=resume,
                            val_fraction=val_fraction, max_hours=max_hours, seed=seed,
-                           checkpoint_every=checkpoint_every, lr=lr, init=init, progress=not json_out)
+                           checkpoint_every=checkpoint_every, lr=lr, init=init, decoder_only=decoder_only,
+                           progress=not json_out)
     except (TrainError, CheckpointError, RuntimeError, ValueError) as err:
         fail(str(err))
     if json_out:

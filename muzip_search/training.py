@@ -37,7 +37,7 @@ class TrainError(Exception):
 def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 10, device: str = "auto",
           resume: bool = False, val_fraction: float = 0.1, max_hours: float = 10.0, seed: int = 0,
           checkpoint_every: int = 500, workers: int | None = None, lr: float | None = None,
-          init: Path | None = None, progress: bool = True) -> TrainReport:
+          init: Path | None = None, decoder_only: bool = False, progress: bool = True) -> TrainReport:
     """Train on every audio file under `root`, validating on whole held-out tracks.
 
     The checkpoint at `out` is rewritten after every epoch and every
@@ -49,6 +49,8 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
     preset has the same layers (say a codec without a pooling head, to which the
     preset adds one). A preset with a head and a `contrastive` weight trains it
     on degraded views of the training audio, made on the fly (`indexer.augment`).
+    `decoder_only` fits the decoder alone on the MSE: the latents and search
+    vectors stay exactly as they were (pass it again with `resume`).
     """
     out = Path(out)
     dev = pick_device(device)
@@ -96,7 +98,11 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
 
     torch.manual_seed(seed + state.step)
     model = build_codec(cfg).to(dev)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if decoder_only:
+        trainable = set(map(id, model.decoder_parameters()))
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
         if ckpt.get("optimizer"):
@@ -108,7 +114,7 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
             group["lr"] = lr
     sampler = ChunkSampler(train_tracks, cfg.chunk, seed=seed + state.step)
     views = ViewSampler(train_tracks, cfg.chunk, cfg.sample_rate, seed=seed + state.step) \
-        if cfg.head and cfg.contrastive > 0 else None
+        if cfg.head and cfg.contrastive > 0 and not decoder_only else None
     val = fixed_chunks(val_tracks, cfg.chunk)
 
     def save(s: TrainState):

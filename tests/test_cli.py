@@ -60,3 +60,17 @@ def test_train_reports_unusable_folders(tmp_path):
     result = runner.invoke(app, ["train", str(tmp_path), "--preset", "tiny", "--out", str(tmp_path / "o.pt")])
     assert result.exit_code == 1
     assert "error: none of the 1 audio files" in result.output
+
+
+def test_decoder_only_training_keeps_latents_and_vectors(music_dir, tmp_path):
+    import torch
+    base, refit = tmp_path / "base.pt", tmp_path / "refit.pt"
+    assert runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "1", "--out", str(base),
+                               "--device", "cpu", "--json"]).exit_code == 0
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "1", "--out", str(refit),
+                                 "--init", str(base), "--decoder-only", "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    assert "view_accuracy" not in json.loads(result.stdout)["history"][0]  # the MSE alone
+    before, after = (torch.load(p, weights_only=True)["model"] for p in (base, refit))
+    changed = sorted({k.split(".")[0] for k in before if not torch.equal(before[k], after[k])})
+    assert changed == ["dec_mlp", "dec_skip", "synthesis"]
