@@ -3,8 +3,7 @@
 A window vector is what the codec's pooling head makes of one second of stored
 latents (trained so that a room, noise or MP3 moves it little): unit length, so
 inner product is cosine similarity. Per latent frame, the log energy of each
-latent channel serves the whole-track vector (its mean and spread over the track)
-and the fine alignment of a candidate.
+latent channel serves the whole-track vector (its mean and spread over the track).
 """
 import functools
 import math
@@ -62,12 +61,6 @@ def frame_features(latents: np.ndarray, grid: FrameGrid) -> np.ndarray:
     return np.log(z * z / (127.0 * 127.0) + _EPS)
 
 
-def _box_mean(x: np.ndarray, width: int) -> np.ndarray:
-    """Mean of every run of `width` rows of `[T, C]` -> `[T - width + 1, C]`."""
-    c = np.concatenate([np.zeros((1, x.shape[1]), np.float64), np.cumsum(x, axis=0, dtype=np.float64)])
-    return ((c[width:] - c[:-width]) / width).astype(np.float32)
-
-
 @torch.no_grad()
 def window_vectors(model, latents: np.ndarray, grid: FrameGrid, hop_s: float, frames: int | None = None,
                    limit: int | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +97,7 @@ def track_vector(feats: np.ndarray) -> np.ndarray:
 
 
 def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
-    """Best frame lag in [lo, hi] of smoothed query features `[Tq, C]` inside track features `[Tt, C]`.
+    """Best lag in [lo, hi] of a query `[Tq, C]` inside a track `[Tt, C]`: spectrogram frames, or samples `[T, 1]`.
 
     The score is the correlation of how each channel moves over time (each
     channel's mean over the span removed, so a section that merely shares the
@@ -128,27 +121,6 @@ def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, 
     s2 = c2[tq:tq + hi - lo + 1] - c2[: hi - lo + 1]
     var = np.maximum((s2 - s1 ** 2 / tq).sum(axis=1), 1e-12)  # [L]: centred energy of each window
     scores = dots / (np.sqrt(var) * (np.linalg.norm(q) + 1e-12))
-    best = int(np.argmax(scores))
-    return lo + best, float(scores[best])
-
-
-def waveform_match(clip: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, float]:
-    """Best sample lag in [lo, hi] of waveform `clip` inside `track`, by normalised correlation.
-
-    Returns (lag, correlation); lag -1 if the clip fits nowhere in [lo, hi].
-    """
-    n = len(clip)
-    lo, hi = max(lo, 0), min(hi, len(track) - n)
-    if hi < lo or n == 0:
-        return -1, -1.0
-    seg = track[lo:hi + n].astype(np.float64)
-    q = clip.astype(np.float64) - clip.mean()
-    size = 1 << (len(seg) + n - 1).bit_length()
-    dots = np.fft.irfft(np.fft.rfft(seg, size) * np.conj(np.fft.rfft(q, size)), size)[: hi - lo + 1]
-    c1 = np.concatenate([[0.0], np.cumsum(seg)])
-    c2 = np.concatenate([[0.0], np.cumsum(seg ** 2)])
-    s1, s2 = c1[n:n + hi - lo + 1] - c1[: hi - lo + 1], c2[n:n + hi - lo + 1] - c2[: hi - lo + 1]
-    scores = dots / (np.sqrt(np.maximum(s2 - s1 ** 2 / n, 1e-12)) * (np.linalg.norm(q) + 1e-12))
     best = int(np.argmax(scores))
     return lo + best, float(scores[best])
 

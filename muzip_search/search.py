@@ -8,7 +8,7 @@ import numpy as np
 from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
 from indexer.index import Index
-from indexer.vectors import align, band_spectrogram, centre, split_id, waveform_match, window_vectors
+from indexer.vectors import align, band_spectrogram, centre, split_id, window_vectors
 
 from .reconstruct import NotInIndex, reconstruct
 
@@ -154,7 +154,7 @@ class Searcher:
         hop = max(1, int(round(cfg.spec_hop_s * sr)))
         n = min(len(piece), int(cfg.waveform_s * sr))
         mid = (len(piece) - n) // 2  # the waveform is compared on the middle of the piece
-        at, wave = waveform_match(piece[mid:mid + n], seg, lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
+        at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
         at = at - mid if at >= 0 else lag * hop
         return tid, start + (at - skip) / sr, (spec + WAVEFORM_WEIGHT * max(wave, 0.0)) / (1 + WAVEFORM_WEIGHT)
 
