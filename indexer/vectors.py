@@ -30,6 +30,7 @@ class VectorConfig:
     rescore_ratio: float = 0.7   # those with at least this share of the best candidate's votes
     rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips)
     waveform_s: float = 0.5      # of which this much is also compared sample by sample
+    waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
     min_score: float = 0.45      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz

@@ -13,9 +13,6 @@ from indexer.vectors import align, band_spectrogram, centre, split_id, window_ve
 from .reconstruct import NotInIndex, reconstruct
 
 
-WAVEFORM_WEIGHT = 0.2  # of the waveform correlation in the score, beside the spectrogram's 1
-
-
 class ClipTooShort(Exception):
     pass
 
@@ -131,9 +128,10 @@ class Searcher:
         The start: the best lag of band spectrograms within a hop of the vote's
         start, then of the waveforms within two spectrogram frames of that. The
         score, in [-1, 1], weighs the spectrogram correlation (phase-blind, so it
-        holds in a room; low for music that is not in the index) 5 to 1 with the
-        waveform correlation on 0.5 s (near 1 only for this very recording, so it
-        tells a loop's repeats apart). Returns (track_id, start in s, score).
+        holds in a room; low for music that is not in the index) 1 to
+        `waveform_weight` with the waveform correlation on `waveform_s` (near 1
+        only for this very recording, so it tells a loop's repeats apart).
+        Returns (track_id, start in s, score).
         """
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
@@ -156,7 +154,8 @@ class Searcher:
         mid = (len(piece) - n) // 2  # the waveform is compared on the middle of the piece
         at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
         at = at - mid if at >= 0 else lag * hop
-        return tid, start + (at - skip) / sr, (spec + WAVEFORM_WEIGHT * max(wave, 0.0)) / (1 + WAVEFORM_WEIGHT)
+        w = cfg.waveform_weight
+        return tid, start + (at - skip) / sr, (spec + w * max(wave, 0.0)) / (1 + w)
 
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         x = load(path, self.index.model.cfg.sample_rate)
