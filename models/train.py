@@ -65,10 +65,11 @@ def _autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def reconstruction_loss(model: Codec, x: torch.Tensor) -> torch.Tensor:
-    """MSE on the x10 values the network sees, as the paper trained."""
+def reconstruction_loss(model: Codec, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE on the x10 values the network sees, as the paper trained; `z`: `x`'s quantized latents if at hand."""
     s = model.cfg.scale
-    return F.mse_loss(model(x).float() * s, x * s)
+    y = model(x) if z is None else model.synthesize(z)
+    return F.mse_loss(y.float() * s, x * s)
 
 
 def joint_loss(model: Codec, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -78,9 +79,9 @@ def joint_loss(model: Codec, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Te
     the quantized latents the index would store. Returns (mse on x10 values,
     InfoNCE, share of rows whose own view is their nearest).
     """
-    s, n = model.cfg.scale, model.window_frames
+    n = model.window_frames
     zx = model.quantize(model.latents(x))
-    mse = F.mse_loss(model.synthesize(zx).float() * s, x * s)
+    mse = reconstruction_loss(model, x, zx)
     a = model.embed(zx[:, :, :n].float())
     b = model.embed(model.quantize(model.latents(y))[:, :, :n].float())
     accuracy = ((a @ b.T).argmax(1) == torch.arange(len(a), device=a.device)).float().mean().item()
