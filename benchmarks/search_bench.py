@@ -45,6 +45,18 @@ def dir_bytes(d: Path) -> int:
     return sum(p.stat().st_size for p in d.rglob("*") if p.is_file())
 
 
+def cut(x: np.ndarray, length: float, cond: str, sr: int, rng) -> tuple[float, np.ndarray, np.ndarray] | None:
+    """A `length`-s clip of `x` at a random non-integer start, through condition `cond`: (start, clean, clip).
+
+    None when `x` is too short for one.
+    """
+    if len(x) < (length + 0.5) * sr:
+        return None
+    start = float(rng.uniform(0, len(x) / sr - length - 0.01))
+    clean = x[int(start * sr): int(start * sr) + int(length * sr)]
+    return start, clean, CONDITIONS[cond](clean, sr, int(rng.integers(1 << 31)))
+
+
 def false_matches(searcher: Searcher, files: list[Path], args, rng, sr: int) -> dict:
     """Share of clips of unindexed music (per length and condition) that get any match."""
     out = {}
@@ -54,12 +66,10 @@ def false_matches(searcher: Searcher, files: list[Path], args, rng, sr: int) -> 
             wrong = n = 0
             for _ in range(args.queries):
                 f = files[rng.integers(len(files))]
-                x = cache.setdefault(f, load(f, sr))
-                if len(x) < (length + 0.5) * sr:
+                got = cut(cache.setdefault(f, load(f, sr)), length, cond, sr, rng)
+                if got is None:
                     continue
-                start = float(rng.uniform(0, len(x) / sr - length - 0.01))
-                clip = CONDITIONS[cond](x[int(start * sr): int(start * sr) + int(length * sr)], sr,
-                                        int(rng.integers(1 << 31)))
+                clip = got[2]
                 n += 1
                 wrong += bool(searcher.search(clip, top=1))
             out[f"{cond} {length:g}s"] = {"queries": n, "false_match": round(wrong / n, 4)}
@@ -121,12 +131,10 @@ def main():
                 times = []
                 for q in range(args.queries):
                     row = rows[rng.integers(len(rows))]
-                    x = audio(row["id"], row["path"])
-                    if len(x) < (length + 0.5) * sr:
+                    got = cut(audio(row["id"], row["path"]), length, cond, sr, rng)
+                    if got is None:
                         continue
-                    start = float(rng.uniform(0, len(x) / sr - length - 0.01))
-                    clean = x[int(start * sr): int(start * sr) + int(length * sr)]
-                    clip = CONDITIONS[cond](clean, sr, int(rng.integers(1 << 31)))
+                    start, clean, clip = got
                     t0 = time.perf_counter()
                     matches = searcher.search(clip, top=1, min_score=-1.0)  # the best candidate, whatever its score
                     times.append(time.perf_counter() - t0)
