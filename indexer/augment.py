@@ -153,3 +153,68 @@ class ViewSampler:
             clean[row] = t[start:start + self.chunk] / 32768.0
             views[row] = degrade(t[moved:moved + self.chunk] / np.float32(32768.0), self.sr, self.rng)
         return torch.from_numpy(clean), torch.from_numpy(np.clip(views, -1.0, 1.0))
+
+
+def _degraded_copies(job) -> list[tuple[int, np.ndarray]]:
+    """Worker for `LatentViews`: `versions` degraded copies of one int16 track, each starting a random
+    fraction of a frame late: [(lag in samples, int16 copy)]."""
+    track, sr, frame, versions, seed = job
+    rng = np.random.default_rng(seed)
+    x = track.astype(np.float32) / 32768.0
+    out = []
+    for _ in range(versions):
+        lag = int(rng.integers(0, frame))
+        y = np.clip(degrade(x[lag:], sr, rng), -1.0, 32767 / 32768)
+        out.append((lag, np.round(y * 32768.0).astype(np.int16)))
+    return out
+
+
+class LatentViews:
+    """Pairs for training the pooling head alone: clean latent windows and windows of degraded copies.
+
+    With the encoder fixed, the stored latents of every track, clean and through
+    `versions` random `degrade` chains, are computed once (degrading in worker
+    processes); a batch is then only indexing, so the head can train on many
+    large batches. A copy starts a random fraction of a frame late, and a view's
+    window starts up to `max_shift_s` from its clean one (the most a 1-s query
+    window lies from an indexed window every 0.25 s is 0.125 s).
+    """
+
+    def __init__(self, model, tracks: list[np.ndarray], versions: int = 6, max_shift_s: float = 0.125,
+                 seed: int = 0, workers: int | None = None, on_track=None):
+        from .decode import parallel_map
+        from .encode import encode_signal
+        cfg = model.cfg
+        self.n = model.window_frames
+        self.shift = int(round(max_shift_s * cfg.sample_rate / cfg.frame))  # in frames
+        self.dequantize = model.dequantize
+        tracks = [t for t in tracks if len(t) >= cfg.chunk + 2 * self.shift * cfg.frame]
+        if not tracks:
+            raise ValueError(f"no track is long enough for views of {cfg.chunk} samples")
+
+        def frames(x: np.ndarray) -> torch.Tensor:  # int8 latents in time order [C, T], as an index stores them
+            z = encode_signal(model, x.astype(np.float32) / 32768.0)[:, :, :cfg.chunk // cfg.frame]
+            return z.permute(1, 0, 2).reshape(z.shape[1], -1)
+
+        jobs = [(t, cfg.sample_rate, cfg.frame, versions, seed * 1_000_003 + i) for i, t in enumerate(tracks)]
+        self.clean, self.copies = [], []
+        for t, copies in zip(tracks, parallel_map(_degraded_copies, jobs, workers, chunksize=1)):
+            self.clean.append(frames(t))
+            self.copies.append([frames(y) for _, y in copies])
+            if on_track:
+                on_track()
+        lengths = np.array([c.shape[1] - self.n - 2 * self.shift + 1 for c in self.clean], dtype=np.float64)
+        self.p = np.maximum(lengths, 0) / np.maximum(lengths, 0).sum()
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(clean, view) float latents `[size, C, window_frames]`."""
+        a, b = [], []
+        for i in self.rng.choice(len(self.clean), size=size, p=self.p):
+            clean, copies = self.clean[i], self.copies[i]
+            view = copies[self.rng.integers(len(copies))]
+            start = int(self.rng.integers(self.shift, clean.shape[1] - self.n - self.shift + 1))
+            moved = min(max(0, start + int(self.rng.integers(-self.shift, self.shift + 1))), view.shape[1] - self.n)
+            a.append(clean[:, start:start + self.n])
+            b.append(view[:, moved:moved + self.n])
+        return self.dequantize(torch.stack(a)), self.dequantize(torch.stack(b))

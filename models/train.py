@@ -72,20 +72,38 @@ def reconstruction_loss(model: Codec, x: torch.Tensor, z: torch.Tensor | None = 
     return F.mse_loss(y.float() * s, x * s)
 
 
+def head_loss(model: Codec, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """InfoNCE between the vectors of latent windows `a` and `b` `[B, C, window_frames]`, row i of each a view
+    of one segment; and the share of rows of `b` whose nearest vector in `a` is their own."""
+    va, vb = model.embed(a), model.embed(b)
+    accuracy = ((vb @ va.T).argmax(1) == torch.arange(len(va), device=va.device)).float().mean().item()
+    return info_nce(va, vb, model.cfg.temperature), accuracy
+
+
 def joint_loss(model: Codec, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     """Reconstruction MSE of clean chunks `x` and InfoNCE between their vectors and those of views `y`.
 
     `y[i]` is a degraded, slightly shifted copy of `x[i]`. Both vectors come from
     the quantized latents the index would store. Returns (mse on x10 values,
-    InfoNCE, share of rows whose own view is their nearest).
+    InfoNCE, share of views whose nearest clean vector is their own).
     """
     n = model.window_frames
     zx = model.quantize(model.latents(x))
     mse = reconstruction_loss(model, x, zx)
-    a = model.embed(zx[:, :, :n].float())
-    b = model.embed(model.quantize(model.latents(y))[:, :, :n].float())
-    accuracy = ((a @ b.T).argmax(1) == torch.arange(len(a), device=a.device)).float().mean().item()
-    return mse, info_nce(a, b, model.cfg.temperature), accuracy
+    nce, accuracy = head_loss(model, zx[:, :, :n].float(), model.quantize(model.latents(y))[:, :, :n].float())
+    return mse, nce, accuracy
+
+
+@torch.no_grad()
+def view_accuracy(model: Codec, pairs: tuple[torch.Tensor, torch.Tensor], device: torch.device,
+                  batch_size: int) -> float:
+    """`head_loss`'s accuracy over fixed latent pairs, in batches of `batch_size` (its in-batch negatives)."""
+    model.eval()
+    a, b = pairs
+    scores = [head_loss(model, a[i:i + batch_size].to(device), b[i:i + batch_size].to(device))[1]
+              for i in range(0, len(a) - batch_size + 1, batch_size)]
+    model.train()
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 @torch.no_grad()
@@ -108,13 +126,19 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
         on_step: Callable[[TrainState, float], None] | None = None,
         on_epoch: Callable[[TrainState], None] | None = None, checkpoint_every: int = 0,
         on_checkpoint: Callable[[TrainState], None] | None = None,
-        views: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None) -> TrainState:
+        views: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        head_views: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        val_views: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainState:
     """Train until `state.epoch == epochs`; an epoch sees as many chunks as the tracks hold.
 
     With `views` (a function giving `batch` clean chunks and a degraded view of
     each) and a codec with a head and a `contrastive` weight, each step also
     trains the head, and the encoder through it, with InfoNCE; otherwise chunks
-    come from `sampler` and the loss is the MSE alone. `on_step(state, loss)` is
+    come from `sampler` and the loss is the MSE alone. With `head_views` (a
+    function giving `batch` pairs of latent windows, `indexer.augment.LatentViews`)
+    the loss is the head's InfoNCE alone: train only the head's parameters, and
+    each epoch records the view accuracy on the fixed pairs `val_views` (the MSE
+    cannot move). `on_step(state, loss)` is
     called after every step (progress bars), `on_epoch` after every epoch with
     the validation MSE recorded, `on_checkpoint` every `checkpoint_every` steps.
     """
@@ -127,7 +151,12 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
         t0, losses, accuracies = time.perf_counter(), [], []
         done = min(max(state.step - state.epoch * steps, 0), steps)  # resumed mid-epoch
         for _ in range(steps - done):
-            if contrastive:
+            if head_views is not None:
+                a, b = (v.to(device) for v in head_views(bs))
+                with _autocast(device):
+                    loss, accuracy = head_loss(model, a, b)
+                accuracies.append(accuracy)
+            elif contrastive:
                 x, y = (v.to(device) for v in views(bs))
                 with _autocast(device):
                     mse, nce, accuracy = joint_loss(model, x, y)
@@ -141,17 +170,22 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
             loss.backward()
             optimizer.step()
             state.step += 1
-            losses.append(mse.item() / model.cfg.scale ** 2)
+            losses.append(loss.item() if head_views is not None else mse.item() / model.cfg.scale ** 2)
             if on_step:
                 on_step(state, losses[-1])
             if checkpoint_every and on_checkpoint and state.step % checkpoint_every == 0:
                 on_checkpoint(state)
         state.epoch += 1
         state.seconds += time.perf_counter() - t0
-        state.history.append({"epoch": state.epoch, "train_mse": float(np.mean(losses)) if losses else None,
-                              "val_mse": validate(model, val, device)})
-        if accuracies:  # in-batch: how often a degraded view's nearest clean vector is its own
-            state.history[-1]["view_accuracy"] = float(np.mean(accuracies))
+        mean = float(np.mean(losses)) if losses else None
+        if head_views is not None:
+            state.history.append({"epoch": state.epoch, "train_nce": mean, "view_accuracy": float(np.mean(accuracies)),
+                                  "val_view_accuracy": view_accuracy(model, val_views, device, bs)
+                                  if val_views is not None else None})
+        else:
+            state.history.append({"epoch": state.epoch, "train_mse": mean, "val_mse": validate(model, val, device)})
+            if accuracies:  # in-batch: how often a degraded view's nearest clean vector is its own
+                state.history[-1]["view_accuracy"] = float(np.mean(accuracies))
         if on_epoch:
             on_epoch(state)
     return state

@@ -1,12 +1,12 @@
 """`train`: fit a codec preset on every audio file under a folder."""
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 
 from indexer.audio import AudioError, info
-from indexer.augment import ViewSampler
+from indexer.augment import LatentViews, ViewSampler
 from indexer.collection import find_audio, sample_tracks, split_by_track
 from indexer.decode import decode_files
 from models import CodecConfig, build_codec, preset, save_checkpoint
@@ -37,7 +37,8 @@ class TrainError(Exception):
 def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 10, device: str = "auto",
           resume: bool = False, val_fraction: float = 0.1, max_hours: float = 10.0, seed: int = 0,
           checkpoint_every: int = 500, workers: int | None = None, lr: float | None = None,
-          init: Path | None = None, decoder_only: bool = False, progress: bool = True) -> TrainReport:
+          init: Path | None = None, decoder_only: bool = False, head_only: bool = False, versions: int = 6,
+          batch_size: int | None = None, progress: bool = True) -> TrainReport:
     """Train on every audio file under `root`, validating on whole held-out tracks.
 
     The checkpoint at `out` is rewritten after every epoch and every
@@ -51,7 +52,13 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
     on degraded views of the training audio, made on the fly (`indexer.augment`).
     `decoder_only` fits the decoder alone on the MSE: the latents and search
     vectors stay exactly as they were (pass it again with `resume`).
+    `head_only` trains the pooling head alone, on InfoNCE, against `versions`
+    degraded copies of each track encoded once (`indexer.augment.LatentViews`):
+    latents and reconstructions stay exactly as they were, and since a step is
+    cheap, batches can be large (`batch_size`, saved in the checkpoint's config).
     """
+    if decoder_only and head_only:
+        raise TrainError("choose one of decoder_only and head_only")
     out = Path(out)
     dev = pick_device(device)
     state = TrainState()
@@ -63,6 +70,10 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
         raise TrainError(f"{out} exists; pass --resume to continue it, or choose another --out")
     else:
         cfg, ckpt = preset(preset_name), None
+    if batch_size is not None:
+        cfg = replace(cfg, batch_size=batch_size)
+    if head_only and not cfg.head:
+        raise TrainError(f"preset {cfg.name!r} has no pooling head to train")
 
     paths = found = find_audio(root)
     if not paths:
@@ -98,8 +109,8 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
 
     torch.manual_seed(seed + state.step)
     model = build_codec(cfg).to(dev)
-    if decoder_only:
-        trainable = set(map(id, model.decoder_parameters()))
+    if decoder_only or head_only:
+        trainable = set(map(id, model.decoder_parameters() if decoder_only else model.head.parameters()))
         for p in model.parameters():
             p.requires_grad_(id(p) in trainable)
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -114,8 +125,21 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
             group["lr"] = lr
     sampler = ChunkSampler(train_tracks, cfg.chunk, seed=seed + state.step)
     views = ViewSampler(train_tracks, cfg.chunk, cfg.sample_rate, seed=seed + state.step) \
-        if cfg.head and cfg.contrastive > 0 and not decoder_only else None
+        if cfg.head and cfg.contrastive > 0 and not (decoder_only or head_only) else None
     val = fixed_chunks(val_tracks, cfg.chunk)
+    head_views = val_views = None
+    if head_only:  # encode every track and its degraded copies once, with the encoder as it stays
+        model.eval()
+        bar = progress_bar(len(train_tracks) + len(val_tracks), "encode degraded copies", "track", progress)
+        head_views = LatentViews(model, train_tracks, versions, seed=seed + state.step, workers=workers,
+                                 on_track=bar.update)
+        try:
+            val_views = LatentViews(model, val_tracks, 2, seed=seed + 1, workers=workers,
+                                    on_track=bar.update)(4 * cfg.batch_size)
+        except ValueError:  # no validation track is long enough: the history shows None
+            pass
+        bar.close()
+        model.train()
 
     def save(s: TrainState):
         save_checkpoint(out, model, optimizer=optimizer, state=asdict(s))
@@ -126,18 +150,23 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
 
     def on_step(s: TrainState, loss: float):
         bar.update()
-        bar.set_postfix(epoch=s.epoch + 1, mse=f"{loss:.2e}")
+        bar.set_postfix({"epoch": s.epoch + 1, "infonce" if head_only else "mse": f"{loss:.2e}"})
 
     def on_epoch(s: TrainState):
         save(s)
         h = s.history[-1]
-        if progress:
+        if progress and head_only:
+            val_part = f"  val {h['val_view_accuracy']:.3f}" if h["val_view_accuracy"] is not None else ""
+            bar.write(f"epoch {h['epoch']}: train infonce {h['train_nce']:.3f}  view accuracy "
+                      f"{h['view_accuracy']:.3f}{val_part}", file=sys.stderr)
+        elif progress:
             views_part = f"  view accuracy {h['view_accuracy']:.2f}" if "view_accuracy" in h else ""
             bar.write(f"epoch {h['epoch']}: train mse {h['train_mse']:.3e}  val mse {h['val_mse']:.3e}{views_part}",
                       file=sys.stderr)
 
     state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
-                on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views)
+                on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views,
+                head_views=head_views, val_views=val_views)
     bar.close()
     save(state)
     return TrainReport(str(out), cfg.name, len(train_tracks), len(val_tracks), failed, state.epoch,

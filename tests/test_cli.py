@@ -74,3 +74,21 @@ def test_decoder_only_training_keeps_latents_and_vectors(music_dir, tmp_path):
     before, after = (torch.load(p, weights_only=True)["model"] for p in (base, refit))
     changed = sorted({k.split(".")[0] for k in before if not torch.equal(before[k], after[k])})
     assert changed == ["dec_mlp", "dec_skip", "synthesis"]
+
+
+def test_head_only_training_keeps_latents_and_reconstructions(music_dir, tmp_path):
+    import torch
+    base, head = tmp_path / "base.pt", tmp_path / "head.pt"
+    assert runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "1", "--out", str(base),
+                               "--device", "cpu", "--json"]).exit_code == 0
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "2", "--out", str(head),
+                                 "--init", str(base), "--head-only", "--versions", "2", "--batch-size", "16",
+                                 "--device", "cpu", "--json"])
+    assert result.exit_code == 0, result.output
+    history = json.loads(result.stdout)["history"]
+    assert [sorted(h) for h in history] == [["epoch", "train_nce", "val_view_accuracy", "view_accuracy"]] * 2
+    before, after = (torch.load(p, weights_only=True) for p in (base, head))
+    changed = sorted({k.split(".")[0] for k in before["model"]
+                      if not torch.equal(before["model"][k], after["model"][k])})
+    assert changed == ["head"]
+    assert after["config"]["batch_size"] == 16

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from indexer import augment
-from indexer.augment import ViewSampler
+from indexer.augment import LatentViews, ViewSampler
 from indexer.audio import to_pcm16
 from models import build_codec, preset
 from models.train import joint_loss
@@ -39,6 +39,18 @@ def test_views_pair_each_chunk_with_a_degraded_copy_of_it():
     assert clean.shape == views.shape == (6, 4000)
     assert torch.equal(clean, again)
     assert float(views.abs().max()) <= 1.0
+
+
+def test_latent_views_pair_clean_windows_with_degraded_ones_reproducibly():
+    tracks = [to_pcm16(song(3.0, sr=SR, seed=i)) for i in range(3)]
+    model = build_codec(preset("tiny"))
+    a, b = LatentViews(model, tracks, versions=2, seed=1, workers=1)(5)
+    a2, b2 = LatentViews(model, tracks, versions=2, seed=1, workers=1)(5)
+    n = model.window_frames
+    assert a.shape == b.shape == (5, model.cfg.latent_dim, n)
+    assert torch.equal(a, a2) and torch.equal(b, b2)
+    assert not torch.equal(a, b)
+    assert float(a.abs().max()) <= 1.0  # dequantized int8 latents
 
 
 def view_accuracy(model, clean, views) -> float:
