@@ -185,6 +185,11 @@ class Catalog:
                                [first * size + 1, (last - first) * size, track_id]).fetchone()[0]
         return np.frombuffer(blob, dtype=np.int8).reshape(last - first, c, f), samples
 
+    def track_samples(self, track_id: int) -> int | None:
+        """A stored track's length in samples at the model's rate; None if it is not stored."""
+        row = self.db.execute("select samples from latents where track_id = ?", [track_id]).fetchone()
+        return row[0] if row else None
+
     def all_vectors(self):
         """Yield (track_id, window vectors float16 [W, D], whole-track vector [D2]) of every track."""
         for tid, w, d, data, whole in self.db.execute(

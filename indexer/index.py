@@ -80,7 +80,7 @@ class Index:
                     f"(sha256 {manifest['model_checksum'][:12]}), not {checkpoint} "
                     f"({other.cfg.name}, sha256 {model_checksum(other)[:12]}); use another --index "
                     f"for this model, or leave out --checkpoint to use the index's own")
-        vectors = VectorConfig(**manifest["vectors"])
+        vectors = VectorConfig.from_dict(manifest["vectors"])
         return cls(root, Catalog(root / "catalog.db", readonly=readonly), model, vectors, manifest)
 
     @classmethod

@@ -16,10 +16,9 @@ class NotInIndex(Exception):
 def reconstruct(index: Index, track_id: int, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
     """Mono float32 `[T]` of seconds [start_s, end_s) of a stored track, decoded from its latents."""
     cfg = index.model.cfg
-    row = index.catalog.latents(track_id, 0, 0)
-    if row is None:
+    samples = index.catalog.track_samples(track_id)
+    if samples is None:
         raise NotInIndex(f"track {track_id} is not in the index")
-    samples = row[1]
     start = min(max(0, int(round(start_s * cfg.sample_rate))), samples)
     end = samples if end_s is None else min(samples, max(start, int(round(end_s * cfg.sample_rate))))
     first, last = start // cfg.chunk, -(-end // cfg.chunk)

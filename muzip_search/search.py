@@ -46,16 +46,22 @@ class Searcher:
     def min_seconds(self) -> float:
         return self.cfg.window_s
 
+    def threshold(self, seconds: float) -> float:
+        """The default no-match threshold for a clip of `seconds`: the index's `min_score`, raised for clips
+        under 2 s (up to `short_extra` at 1 s), whose scores rest on less audio and scatter more."""
+        return self.cfg.min_score + self.cfg.short_extra * min(1.0, max(0.0, 2.0 - seconds))
+
     def search(self, x: np.ndarray, top: int = 5, min_score: float | None = None) -> list[Match]:
         """Best tracks for mono clip `x` at the model's rate, with where in each the clip starts.
 
-        Matches scoring under `min_score` (default: the index's `min_score`, the
-        no-match threshold) are left out, so a clip of unknown music gets `[]`.
+        Matches scoring under `min_score` (default: `threshold()` for this clip's
+        length, the no-match threshold) are left out, so a clip of unknown music
+        gets `[]`.
         """
         model, sr = self.index.model, self.index.model.cfg.sample_rate
         if len(x) < self.min_seconds * sr:
             raise ClipTooShort(f"clip is {len(x) / sr:.2f} s; the minimum is {self.min_seconds:g} s")
-        min_score = self.cfg.min_score if min_score is None else min_score
+        min_score = self.threshold(len(x) / sr) if min_score is None else min_score
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
@@ -68,8 +74,10 @@ class Searcher:
             return []
         # re-score the candidates whose votes come near the best one's (and enough for `top` tracks): one when
         # the vote is clear, several when a loop's repeats or similar tracks split it; every match shown is
-        # re-scored, so all scores are on one scale
-        close = min(self.cfg.rescore, sum(v >= self.cfg.rescore_ratio * voted[0][2] for _, _, v in voted))
+        # re-scored, so all scores are on one scale; a short clip is cheap to re-score and its few windows vote
+        # less clearly, so more of its candidates are
+        most = max(self.cfg.rescore, int(self.cfg.rescore_seconds / min(len(x) / sr, self.cfg.rescore_max_s)))
+        close = min(most, sum(v >= self.cfg.rescore_ratio * voted[0][2] for _, _, v in voted))
         candidates, tracks = [], set()
         for i, c in enumerate(voted):
             if i >= close and len(tracks) >= top:
@@ -130,7 +138,9 @@ class Searcher:
         score, in [-1, 1], weighs the spectrogram correlation (phase-blind, so it
         holds in a room; low for music that is not in the index) 1 to
         `waveform_weight` with the waveform correlation on `waveform_s` (near 1
-        only for this very recording, so it tells a loop's repeats apart).
+        only for this very recording, so it tells a loop's repeats apart), times
+        the share of the whole clip that lies inside the track at that start (a
+        clip cut from a track fits in it; a repeat near the track's end may not).
         Returns (track_id, start in s, score).
         """
         cfg = self.cfg
@@ -143,6 +153,7 @@ class Searcher:
             seg = reconstruct(self.index, tid, start, offset + (skip + keep) / sr + slack)
         except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
+        samples = self.index.catalog.track_samples(tid) or 0
         piece = x[skip:skip + keep]
         q = band_spectrogram(piece, sr, cfg)
         t = band_spectrogram(seg, sr, cfg)
@@ -155,7 +166,9 @@ class Searcher:
         at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
         at = at - mid if at >= 0 else lag * hop
         w = cfg.waveform_weight
-        return tid, start + (at - skip) / sr, (spec + w * max(wave, 0.0)) / (1 + w)
+        begin = start + (at - skip) / sr
+        inside = (min(begin * sr + len(x), samples) - max(begin * sr, 0.0)) / len(x)
+        return tid, begin, max(0.0, min(1.0, inside)) * (spec + w * max(wave, 0.0)) / (1 + w)
 
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         x = load(path, self.index.model.cfg.sample_rate)

@@ -31,3 +31,23 @@ def test_align_finds_the_lag_of_a_copy():
     track = rng.standard_normal((400, 6)).astype(np.float32)
     lag, score = align(track[123:173] * 3.0 + 1.0, track, 0, 350)  # gain and offset do not matter
     assert (lag, round(score, 6)) == (123, 1.0)
+
+
+def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
+    new = VectorConfig()
+    assert VectorConfig.from_dict(new.to_dict()) == new
+    old = {k: v for k, v in new.to_dict().items() if k not in ("rescore_seconds", "spec_floor")}
+    legacy = VectorConfig.from_dict(old)
+    assert (legacy.rescore_seconds, legacy.spec_floor) == (0.0, 0.0)
+    assert legacy.to_dict() == {**new.to_dict(), "rescore_seconds": 0.0, "spec_floor": 0.0}
+
+
+def test_the_floor_keeps_a_spectrogram_gain_free_and_flattens_what_lies_under_it():
+    from indexer.vectors import band_spectrogram
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(44100) * np.linspace(0.01, 1.0, 44100)).astype(np.float32)
+    cfg = VectorConfig()
+    a, b = band_spectrogram(x, 44100, cfg), band_spectrogram(0.1 * x, 44100, cfg)
+    np.testing.assert_allclose(a - b, np.log(100.0), atol=1e-3)  # a gain shifts every value by its log
+    bare = band_spectrogram(x, 44100, VectorConfig(spec_floor=0.0))
+    assert a.min() >= np.log(np.exp(bare).mean()) - 1e-3  # nothing under the floor (the mean energy)
