@@ -155,9 +155,9 @@ class ViewSampler:
         return torch.from_numpy(clean), torch.from_numpy(np.clip(views, -1.0, 1.0))
 
 
-def _degraded_copies(job) -> list[tuple[int, np.ndarray]]:
-    """Worker for `LatentViews`: `versions` degraded copies of one int16 track, each starting a random
-    fraction of a frame late: [(lag in samples, int16 copy)]."""
+def _degraded_copies(job) -> list[np.ndarray]:
+    """Worker for `LatentViews`: `versions` degraded int16 copies of one int16 track, each starting a
+    random fraction of a frame late."""
     track, sr, frame, versions, seed = job
     rng = np.random.default_rng(seed)
     x = track.astype(np.float32) / 32768.0
@@ -165,7 +165,7 @@ def _degraded_copies(job) -> list[tuple[int, np.ndarray]]:
     for _ in range(versions):
         lag = int(rng.integers(0, frame))
         y = np.clip(degrade(x[lag:], sr, rng), -1.0, 32767 / 32768)
-        out.append((lag, np.round(y * 32768.0).astype(np.int16)))
+        out.append(np.round(y * 32768.0).astype(np.int16))
     return out
 
 
@@ -200,7 +200,7 @@ class LatentViews:
         self.clean, self.copies = [], []
         for t, copies in zip(tracks, parallel_map(_degraded_copies, jobs, workers, chunksize=1)):
             self.clean.append(frames(t))
-            self.copies.append([frames(y) for _, y in copies])
+            self.copies.append([frames(y) for y in copies])
             if on_track:
                 on_track()
         lengths = np.array([c.shape[1] - self.n - 2 * self.shift + 1 for c in self.clean], dtype=np.float64)

@@ -55,7 +55,8 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
     `head_only` trains the pooling head alone, on InfoNCE, against `versions`
     degraded copies of each track encoded once (`indexer.augment.LatentViews`):
     latents and reconstructions stay exactly as they were, and since a step is
-    cheap, batches can be large (`batch_size`, saved in the checkpoint's config).
+    cheap, batches can be large (`batch_size`, saved in the checkpoint's config;
+    pass `head_only` again with `resume`).
     """
     if decoder_only and head_only:
         raise TrainError("choose one of decoder_only and head_only")
