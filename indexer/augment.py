@@ -184,7 +184,9 @@ class LatentViews:
                  seed: int = 0, workers: int | None = None, on_track=None):
         from .decode import parallel_map
         from .encode import encode_signal
+        from .vectors import FrameGrid, time_ordered
         cfg = model.cfg
+        grid = FrameGrid.of(cfg)
         self.n = model.window_frames
         self.shift = int(round(max_shift_s * cfg.sample_rate / cfg.frame))  # in frames
         self.dequantize = model.dequantize
@@ -193,8 +195,7 @@ class LatentViews:
             raise ValueError(f"no track is long enough for views of {cfg.chunk} samples")
 
         def frames(x: np.ndarray) -> torch.Tensor:  # int8 latents in time order [C, T], as an index stores them
-            z = encode_signal(model, x.astype(np.float32) / 32768.0)[:, :, :cfg.chunk // cfg.frame]
-            return z.permute(1, 0, 2).reshape(z.shape[1], -1)
+            return time_ordered(encode_signal(model, x.astype(np.float32) / 32768.0), grid)
 
         jobs = [(t, cfg.sample_rate, cfg.frame, versions, seed * 1_000_003 + i) for i, t in enumerate(tracks)]
         self.clean, self.copies = [], []
@@ -204,7 +205,7 @@ class LatentViews:
             if on_track:
                 on_track()
         lengths = np.array([c.shape[1] - self.n - 2 * self.shift + 1 for c in self.clean], dtype=np.float64)
-        self.p = np.maximum(lengths, 0) / np.maximum(lengths, 0).sum()
+        self.p = lengths / lengths.sum()  # every track kept holds at least one window and its shifts
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -75,6 +75,11 @@ def frame_features(latents: np.ndarray, grid: FrameGrid) -> np.ndarray:
     return np.log(z * z / (127.0 * 127.0) + _EPS)
 
 
+def time_ordered(latents: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
+    """Latents of consecutive chunks `[N, C, F]` -> one frame sequence `[C, N * per_chunk]` in time order."""
+    return latents[:, :, :grid.per_chunk].permute(1, 0, 2).reshape(latents.shape[1], -1)
+
+
 @torch.no_grad()
 def window_vectors(model, latents: np.ndarray, grid: FrameGrid, hop_s: float, frames: int | None = None,
                    limit: int | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -85,8 +90,7 @@ def window_vectors(model, latents: np.ndarray, grid: FrameGrid, hop_s: float, fr
     zero-padded (silence) as a chunk is. With `limit`, at most that many windows,
     spread evenly over the signal.
     """
-    seq = model.dequantize(torch.from_numpy(np.ascontiguousarray(latents[:, :, :grid.per_chunk])))
-    seq = seq.permute(1, 0, 2).reshape(latents.shape[1], -1)  # [C, T] in time order
+    seq = model.dequantize(time_ordered(torch.from_numpy(np.ascontiguousarray(latents)), grid))  # [C, T]
     if frames is not None:
         seq = seq[:, :max(1, frames)]
     n = model.window_frames
