@@ -138,9 +138,9 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
     function giving `batch` pairs of latent windows, `indexer.augment.LatentViews`)
     the loss is the head's InfoNCE alone: train only the head's parameters, and
     each epoch records the view accuracy on the fixed pairs `val_views` (the MSE
-    cannot move). `on_step(state, loss)` is
-    called after every step (progress bars), `on_epoch` after every epoch with
-    the validation MSE recorded, `on_checkpoint` every `checkpoint_every` steps.
+    cannot move). `on_step(state, loss)` is called after every step (progress
+    bars), `on_epoch` after every epoch with the validation figures recorded,
+    `on_checkpoint` every `checkpoint_every` steps.
     """
     state = state or TrainState()
     bs = model.cfg.batch_size
