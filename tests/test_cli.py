@@ -62,33 +62,32 @@ def test_train_reports_unusable_folders(tmp_path):
     assert "error: none of the 1 audio files" in result.output
 
 
-def test_decoder_only_training_keeps_latents_and_vectors(music_dir, tmp_path):
+def retrain(music_dir, tmp_path, *args: str):
+    """A tiny codec trained for an epoch, then again from it with `args`: (result, changed top-level modules,
+    the second checkpoint)."""
     import torch
-    base, refit = tmp_path / "base.pt", tmp_path / "refit.pt"
+    base, again = tmp_path / "base.pt", tmp_path / "again.pt"
     assert runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "1", "--out", str(base),
                                "--device", "cpu", "--json"]).exit_code == 0
-    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "1", "--out", str(refit),
-                                 "--init", str(base), "--decoder-only", "--device", "cpu", "--json"])
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--out", str(again), "--init",
+                                 str(base), "--device", "cpu", "--json", *args])
     assert result.exit_code == 0, result.output
+    before, after = (torch.load(p, weights_only=True) for p in (base, again))
+    changed = sorted({k.split(".")[0] for k in before["model"]
+                      if not torch.equal(before["model"][k], after["model"][k])})
+    return result, changed, after
+
+
+def test_decoder_only_training_keeps_latents_and_vectors(music_dir, tmp_path):
+    result, changed, _ = retrain(music_dir, tmp_path, "--epochs", "1", "--decoder-only")
     assert "view_accuracy" not in json.loads(result.stdout)["history"][0]  # the MSE alone
-    before, after = (torch.load(p, weights_only=True)["model"] for p in (base, refit))
-    changed = sorted({k.split(".")[0] for k in before if not torch.equal(before[k], after[k])})
     assert changed == ["dec_mlp", "dec_skip", "synthesis"]
 
 
 def test_head_only_training_keeps_latents_and_reconstructions(music_dir, tmp_path):
-    import torch
-    base, head = tmp_path / "base.pt", tmp_path / "head.pt"
-    assert runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "1", "--out", str(base),
-                               "--device", "cpu", "--json"]).exit_code == 0
-    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "2", "--out", str(head),
-                                 "--init", str(base), "--head-only", "--versions", "2", "--batch-size", "16",
-                                 "--device", "cpu", "--json"])
-    assert result.exit_code == 0, result.output
+    result, changed, after = retrain(music_dir, tmp_path, "--epochs", "2", "--head-only", "--versions", "2",
+                                     "--batch-size", "16")
     history = json.loads(result.stdout)["history"]
     assert [sorted(h) for h in history] == [["epoch", "train_nce", "val_view_accuracy", "view_accuracy"]] * 2
-    before, after = (torch.load(p, weights_only=True) for p in (base, head))
-    changed = sorted({k.split(".")[0] for k in before["model"]
-                      if not torch.equal(before["model"][k], after["model"][k])})
     assert changed == ["head"]
     assert after["config"]["batch_size"] == 16
