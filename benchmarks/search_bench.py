@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -37,6 +38,7 @@ from indexer.audio import load  # noqa: E402
 from indexer.augment import CONDITIONS  # noqa: E402
 from indexer.collection import find_audio  # noqa: E402
 from indexer.index import Index  # noqa: E402
+from muzip_search.device import pick_device  # noqa: E402
 from muzip_search.indexing import index_folder  # noqa: E402
 from muzip_search.search import Searcher  # noqa: E402
 
@@ -95,11 +97,13 @@ def main():
     ap.add_argument("--lengths", default="1,2,3,5,10")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--unindexed", type=Path, help="folder of music not in the index, for the false-match rate")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
 
+    device = pick_device(args.device)
     tmp = None
     index_dir = args.index
     if index_dir is None:
@@ -109,17 +113,18 @@ def main():
         shutil.rmtree(index_dir)
     try:
         report = index_folder(args.corpus, index_dir, checkpoint=args.checkpoint, workers=args.workers,
-                              device="cpu", progress=True)
+                              device=args.device, progress=True)
         size = dir_bytes(index_dir)
         out = {
-            "machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}",
+            "machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}" + (
+                f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
             "tracks": report.indexed, "failed": len(report.failed), "audio_hours": round(report.audio_hours, 3),
             "index_wall_s": round(report.seconds, 2), "index_realtime": round(report.realtime, 1),
             "stages": report.stages, "bytes_per_audio_hour": int(size / report.audio_hours),
         }
         print(json.dumps(out, indent=1), file=sys.stderr)
 
-        index = Index.open(index_dir, readonly=True)
+        index = Index.open(index_dir, readonly=True, device=device)
         searcher = Searcher(index)
         sr = index.model.cfg.sample_rate
         rows = list(index.catalog.db.query("select id, path, seconds from tracks where status = 'indexed' order by id"))

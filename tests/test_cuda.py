@@ -1,0 +1,62 @@
+"""The CUDA paths, run where torch sees a GPU (skipped on CPU-only machines such as CI's)."""
+import json
+import sqlite3
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from typer.testing import CliRunner
+
+from indexer.encode import decode_latents, encode_signal
+from models import load_codec, shipped_checkpoint
+from muzip_search.cli import app
+
+from .conftest import SONG_SECONDS, song
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+runner = CliRunner()
+
+
+def test_the_shipped_codec_on_cuda_stores_what_it_stores_on_the_cpu():
+    x = song(10.0, seed=3)
+    cpu, gpu = (load_codec(shipped_checkpoint("default"), device) for device in ("cpu", "cuda"))
+    z_cpu, z_gpu = encode_signal(cpu, x), encode_signal(gpu, x)
+    assert z_gpu.shape == z_cpu.shape and z_gpu.dtype == torch.int8 and z_gpu.device.type == "cpu"
+    steps = (z_gpu.int() - z_cpu.int()).abs()
+    assert steps.max() <= 1 and steps.float().mean() < 5e-3  # float rounding (TF32 convolutions) moves a few across a step
+    y_cpu, y_gpu = decode_latents(cpu, z_cpu, len(x)), decode_latents(gpu, z_cpu, len(x))
+    assert np.abs(y_gpu - y_cpu).max() < 1e-4
+
+
+def test_training_runs_on_cuda_and_its_checkpoint_loads_on_the_cpu(music_dir, tmp_path):
+    ckpt = tmp_path / "tiny.pt"
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--epochs", "2", "--out", str(ckpt),
+                                 "--device", "cuda", "--json"])
+    assert result.exit_code == 0, result.output
+    assert all(np.isfinite(h["val_mse"]) for h in json.loads(result.stdout)["history"])
+    result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--out", str(tmp_path / "head.pt"),
+                                 "--init", str(ckpt), "--head-only", "--epochs", "1", "--versions", "2",
+                                 "--device", "cuda", "--json"])
+    assert result.exit_code == 0, result.output
+    assert next(load_codec(tmp_path / "head.pt").parameters()).device.type == "cpu"
+
+
+def test_index_and_query_on_cuda_agree_with_the_cpu(songs_dir, untrained_default, tmp_path):
+    rows = {}
+    for device in ("cpu", "cuda"):
+        index_dir = tmp_path / device
+        result = runner.invoke(app, ["index", str(songs_dir / "fma_small"), "--index", str(index_dir),
+                                     "--checkpoint", str(untrained_default), "--device", device, "--json"])
+        assert result.exit_code == 0, result.output
+        db = sqlite3.connect(index_dir / "catalog.db")
+        rows[device] = db.execute("select track_id, chunks, samples, shape from latents order by track_id").fetchall()
+    assert rows["cuda"] == rows["cpu"] and len(rows["cpu"]) == 12
+
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, song(SONG_SECONDS, seed=5)[int(1.37 * 44100):int(4.37 * 44100)], 44100)
+    result = runner.invoke(app, ["query", str(clip), "--index", str(tmp_path / "cuda"), "--device", "cuda",
+                                 "--json", "--top", "1"])
+    assert result.exit_code == 0, result.output
+    match = json.loads(result.stdout)["matches"][0]
+    assert match["track_id"] == 7 and abs(match["offset_s"] - 1.37) < 0.02
