@@ -30,7 +30,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -41,6 +40,8 @@ from indexer.index import Index  # noqa: E402
 from muzip_search.device import pick_device  # noqa: E402
 from muzip_search.indexing import index_folder  # noqa: E402
 from muzip_search.search import Searcher  # noqa: E402
+
+import torch  # noqa: E402  (after `models`, which sets OpenMP's wait policy before torch loads)
 
 TOLERANCE_S = 0.25
 

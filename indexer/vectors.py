@@ -38,6 +38,7 @@ class VectorConfig:
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     spec_floor: float = 1.0      # band energies floored at this times their mean before the log (0: none)
+    exact_spec: bool = True      # the spectrogram correlation also taken at the waveform's sample-exact start
     exact_max: int = 2_000_000   # above this many windows, an approximate index (IVF-PQ)
     ivf_nprobe: int = 32         # IVF lists visited per query (approximate index only)
     pq_max_subquantizers: int = 64  # PQ code bytes per vector at most (approximate index only)
@@ -52,7 +53,7 @@ class VectorConfig:
 
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
-_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0}
+_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False}
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,11 @@ class Searcher:
         mid = (len(piece) - n) // 2  # the waveform is compared on the middle of the piece
         at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
         at = at - mid if at >= 0 else lag * hop
+        if cfg.exact_spec and 0 <= at <= len(seg) - len(piece):
+            # the spectrogram lag is whole frames (10 ms), so the two frame grids can sit up to half a frame
+            # apart, which costs a clean copy up to 0.05 of correlation: a loop's repeat could then outscore it.
+            # Again at the sample-exact start, on grids that coincide.
+            spec = max(spec, align(q, band_spectrogram(seg[at:at + len(piece)], sr, cfg), 0, 0)[1])
         w = cfg.waveform_weight
         begin = start + (at - skip) / sr
         inside = (min(begin * sr + len(x), samples) - max(begin * sr, 0.0)) / len(x)

@@ -321,3 +321,15 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     assert catalog_rows(tmp_path / "killed") == catalog_rows(tmp_path / "clean")
     leftovers = sorted(p.name for p in (tmp_path / "killed").iterdir() if p.suffix in (".tmp", ".faiss", ".f32"))
     assert leftovers == ["mean-60.f32", "tracks-60.faiss", "windows-60.faiss"]  # one generation, no halves
+
+
+def test_a_clean_copy_scores_near_one_wherever_it_starts_between_spectrogram_frames(built):
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    # 441 samples is one 10-ms spectrogram frame: these starts put the clip's frames 0, 1/4, 1/2, 3/4 of one
+    # frame off the track's
+    found = [searcher.search(cut(4, (44100 + k) / SR, 3.0), top=1)[0] for k in (0, 110, 220, 330)]
+    scores = [m.score for m in found]
+    assert [m.track_id for m in found] == [4] * 4
+    assert min(scores) > 0.99 and max(scores) - min(scores) < 0.002, scores  # frame-grid off: 0.985 at 1/2
