@@ -29,6 +29,9 @@ class VectorConfig:
     rescore: int = 4             # of those, at most this many re-scored against their decoded audio,
     rescore_ratio: float = 0.7   # those with at least this share of the best candidate's votes
     rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips)
+    verify_s: float = 6.0        # the best candidate, while its score is unsure, re-scored on up to this much
+    sure_score: float = 0.8      # ...unsure: under this (clean and MP3 copies score over 0.9)
+    verify: int = 2              # ...at most this many candidates in turn
     rescore_seconds: float = 8.0  # more candidates re-scored for short clips, up to this much audio in all
     waveform_s: float = 0.5      # of which this much is also compared sample by sample
     waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
@@ -53,7 +56,7 @@ class VectorConfig:
 
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
-_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False}
+_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0}
 
 
 @dataclass(frozen=True)

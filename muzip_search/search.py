@@ -85,6 +85,7 @@ class Searcher:
             candidates.append(c)
             tracks.add(c[0])
         rescored = sorted((self._rescore(x, tid, offset) for tid, offset, _ in candidates), key=lambda h: -h[2])
+        rescored = self._verify(x, rescored)
         found = [h for h in rescored if h[2] >= min_score]
         seen: set[int] = set()
         found = [h for h in found if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
@@ -130,7 +131,23 @@ class Searcher:
                 break
         return out
 
-    def _rescore(self, x: np.ndarray, tid: int, offset: float) -> tuple[int, float, float]:
+    def _verify(self, x: np.ndarray, rescored: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+        """Re-score the best candidate on more of a long clip (up to `verify_s`, its middle) while its score is
+        unsure (under `sure_score`): a chance likeness over a few seconds fades over more audio, while a room
+        recording of the track holds. Up to `verify` candidates, each time the best one not yet verified."""
+        cfg = self.cfg
+        if cfg.verify_s <= cfg.rescore_max_s or len(x) <= cfg.rescore_max_s * self.index.model.cfg.sample_rate:
+            return rescored
+        hits = [(*h, False) for h in rescored]  # (track, start, score, verified)
+        for _ in range(cfg.verify):
+            tid, offset, score, verified = hits[0]
+            if verified or score >= cfg.sure_score:
+                break
+            hits[0] = (*self._rescore(x, tid, offset, cfg.verify_s), True)
+            hits.sort(key=lambda h: -h[2])
+        return [h[:3] for h in hits]
+
+    def _rescore(self, x: np.ndarray, tid: int, offset: float, seconds: float | None = None) -> tuple[int, float, float]:
         """Re-score a candidate against its span decoded from the stored latents.
 
         The start: the best lag of band spectrograms within a hop of the vote's
@@ -141,11 +158,12 @@ class Searcher:
         only for this very recording, so it tells a loop's repeats apart), times
         the share of the whole clip that lies inside the track at that start (a
         clip cut from a track fits in it; a repeat near the track's end may not).
+        At most `seconds` of the clip (default `rescore_max_s`) are compared: its middle.
         Returns (track_id, start in s, score).
         """
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
-        keep = min(len(x), int(cfg.rescore_max_s * sr))
+        keep = min(len(x), int((seconds or cfg.rescore_max_s) * sr))
         skip = (len(x) - keep) // 2  # the middle of a long clip
         slack = cfg.hop_s
         start = max(0.0, offset + skip / sr - slack)
@@ -165,10 +183,10 @@ class Searcher:
         mid = (len(piece) - n) // 2  # the waveform is compared on the middle of the piece
         at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
         at = at - mid if at >= 0 else lag * hop
-        if cfg.exact_spec and 0 <= at <= len(seg) - len(piece):
+        if cfg.exact_spec and wave > 0.5 and 0 <= at <= len(seg) - len(piece):
             # the spectrogram lag is whole frames (10 ms), so the two frame grids can sit up to half a frame
             # apart, which costs a clean copy up to 0.05 of correlation: a loop's repeat could then outscore it.
-            # Again at the sample-exact start, on grids that coincide.
+            # Where the waveform found the start (this very recording), again there, on grids that coincide.
             spec = max(spec, align(q, band_spectrogram(seg[at:at + len(piece)], sr, cfg), 0, 0)[1])
         w = cfg.waveform_weight
         begin = start + (at - skip) / sr

@@ -333,3 +333,25 @@ def test_a_clean_copy_scores_near_one_wherever_it_starts_between_spectrogram_fra
     scores = [m.score for m in found]
     assert [m.track_id for m in found] == [4] * 4
     assert min(scores) > 0.99 and max(scores) - min(scores) < 0.002, scores  # frame-grid off: 0.985 at 1/2
+
+
+def test_a_long_clip_is_verified_on_more_of_itself(built):
+    import dataclasses
+
+    from indexer.augment import CONDITIONS
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    middle_only = Searcher(searcher.index)
+    middle_only.cfg = dataclasses.replace(searcher.cfg, verify_s=0.0)
+    # 2 s of an indexed song, heard in a room, in the middle of 5 s of one that is not: the middle, re-scored
+    # alone at first, is unsure; over the whole clip the likeness fades under the threshold
+    x = song(5.0, seed=77)
+    x[int(1.5 * SR):int(3.5 * SR)] = cut(4, 2.5, 2.0)
+    medley = CONDITIONS["room"](x, SR, 0)
+    unsure, = middle_only.search(medley, top=1)
+    assert unsure.track_id == 4 and searcher.threshold(5.0) < unsure.score < searcher.cfg.sure_score
+    assert searcher.search(medley, top=1) == []
+    # while 5 s of that song alone in a room keep a score over the whole clip (0.68 here)
+    found, = searcher.search(CONDITIONS["room"](cut(4, 1.0, 5.0), SR, 0), top=1)
+    assert found.track_id == 4 and abs(found.offset_s - 1.0) < 0.05 and found.score > searcher.threshold(5.0) + 0.1

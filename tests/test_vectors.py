@@ -36,10 +36,9 @@ def test_align_finds_the_lag_of_a_copy():
 def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     new = VectorConfig()
     assert VectorConfig.from_dict(new.to_dict()) == new
-    old = {k: v for k, v in new.to_dict().items() if k not in ("rescore_seconds", "spec_floor")}
-    legacy = VectorConfig.from_dict(old)
-    assert (legacy.rescore_seconds, legacy.spec_floor) == (0.0, 0.0)
-    assert legacy.to_dict() == {**new.to_dict(), "rescore_seconds": 0.0, "spec_floor": 0.0}
+    added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0}  # their old behaviour
+    old = {k: v for k, v in new.to_dict().items() if k not in added}
+    assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
 
 def test_the_floor_keeps_a_spectrogram_gain_free_and_flattens_what_lies_under_it():
