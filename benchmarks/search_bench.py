@@ -29,8 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from indexer.audio import load  # noqa: E402
@@ -41,7 +39,8 @@ from muzip_search.device import pick_device  # noqa: E402
 from muzip_search.indexing import index_folder  # noqa: E402
 from muzip_search.search import Searcher  # noqa: E402
 
-import torch  # noqa: E402  (after `models`, which sets OpenMP's wait policy before torch loads)
+import numpy as np  # noqa: E402  (after `models`, which sets OpenMP's and OpenBLAS's threading before they load)
+import torch  # noqa: E402
 
 TOLERANCE_S = 0.25
 
