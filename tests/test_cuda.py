@@ -26,7 +26,8 @@ def test_the_shipped_codec_on_cuda_stores_what_it_stores_on_the_cpu():
     steps = (z_gpu.int() - z_cpu.int()).abs()
     assert steps.max() <= 1 and steps.float().mean() < 5e-3  # float rounding (TF32 convolutions) moves a few across a step
     y_cpu, y_gpu = decode_latents(cpu, z_cpu, len(x)), decode_latents(gpu, z_cpu, len(x))
-    assert np.abs(y_gpu - y_cpu).max() < 1e-4
+    agree_db = 10 * np.log10(np.sum(y_cpu ** 2) / np.sum((y_gpu - y_cpu) ** 2))
+    assert agree_db > 50, agree_db  # the same audio: the codec's own error is 22 dB under the signal
 
 
 def test_training_runs_on_cuda_and_its_checkpoint_loads_on_the_cpu(music_dir, tmp_path):

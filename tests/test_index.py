@@ -141,20 +141,22 @@ def test_bad_query_files_get_their_own_error(built, tmp_path):
     assert rows[2]["matches"][0]["track_id"] == 3
 
 
-def test_reconstruct_decodes_the_stored_span(built, tmp_path, untrained_default, songs_dir):
-    from indexer.audio import load
-    from indexer.encode import decode_latents, encode_signal
+def test_reconstruct_decodes_the_stored_span(built, tmp_path, untrained_default):
+    import torch
+
+    from indexer.catalog import Catalog
+    from indexer.encode import decode_latents
     from models import load_codec
     index_dir, _ = built
     out = tmp_path / "r.wav"
-    result = cli("reconstruct", "6", "--start", "1.5", "--end", "4", "-o", out, "--index", index_dir)
+    result = cli("reconstruct", "6", "--start", "1.5", "--end", "4", "-o", out, "--index", index_dir,
+                 "--device", "cpu")
     assert result.exit_code == 0, result.output
     y, sr = sf.read(out, dtype="float32")
     x = cut(6, 1.5, 2.5)
     assert (sr, len(y)) == (SR, len(x))
-    codec = load_codec(untrained_default)
-    whole = load(songs_dir / "fma_small" / "000" / "000006.wav", SR)  # what the index encoded
-    expected = decode_latents(codec, encode_signal(codec, whole), len(whole))[int(1.5 * SR):4 * SR]
+    latents, samples = Catalog(index_dir / "catalog.db", readonly=True).latents(6)  # what the index stored
+    expected = decode_latents(load_codec(untrained_default), torch.from_numpy(latents), samples)[int(1.5 * SR):4 * SR]
     np.testing.assert_allclose(y, expected, atol=1 / 32768)  # 16-bit WAV of the same decode
     again = cli("reconstruct", "6", "-o", out, "--index", index_dir)
     assert again.exit_code == 1 and "exists" in again.output  # never overwritten
