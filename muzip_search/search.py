@@ -147,7 +147,8 @@ class Searcher:
             hits.sort(key=lambda h: -h[2])
         return [h[:3] for h in hits]
 
-    def _rescore(self, x: np.ndarray, tid: int, offset: float, seconds: float | None = None) -> tuple[int, float, float]:
+    def _rescore(self, x: np.ndarray, tid: int, offset: float,
+                 seconds: float | None = None) -> tuple[int, float, float]:
         """Re-score a candidate against its span decoded from the stored latents.
 
         The start: the best lag of band spectrograms within a hop of the vote's
