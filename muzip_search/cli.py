@@ -94,10 +94,11 @@ def train(
     for path, reason in report.failed.items():
         typer.echo(f"skipped {path}: {reason}", err=True)
     last = report.history[-1] if report.history else {}
+    key, fmt = ("val_view_accuracy", ".3f") if head_only else ("val_mse", ".3e")
+    figure = last.get(key)  # None when there was no validation track long enough (an accuracy of 0 is shown)
     typer.echo(f"{report.checkpoint}: {report.preset}, {report.epochs} epochs, {report.steps} steps, "
                f"{report.train_tracks} train / {report.val_tracks} val tracks, "
-               + (f"val view accuracy {last.get('val_view_accuracy') or float('nan'):.3f}" if head_only else
-                  f"val mse {last.get('val_mse', float('nan')):.3e}") + f", {report.seconds:.0f} s")
+               f"{key.replace('_', ' ')} {float('nan') if figure is None else figure:{fmt}}, {report.seconds:.0f} s")
 
 
 @app.command()
