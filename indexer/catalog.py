@@ -196,6 +196,11 @@ class Catalog:
                 "select track_id, windows, dim, data, whole from vectors order by track_id"):
             yield tid, np.frombuffer(data, dtype=np.float16).reshape(w, d), np.frombuffer(whole, dtype=np.float32)
 
+    def window_vectors(self, track_id: int) -> np.ndarray | None:
+        """The window vectors float16 `[W, D]` of an indexed track; None if it has none."""
+        row = self.db.execute("select windows, dim, data from vectors where track_id = ?", [track_id]).fetchone()
+        return None if row is None else np.frombuffer(row[2], dtype=np.float16).reshape(row[0], row[1])
+
     def track_vector(self, track_id: int) -> np.ndarray:
         """The whole-track vector `[D2]` of an indexed track."""
         row = self.db.execute("select whole from vectors where track_id = ?", [track_id]).fetchone()

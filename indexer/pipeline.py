@@ -105,7 +105,7 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tu
 def pool_stage(model: Codec, latents: np.ndarray, samples: int, cfg: VectorConfig) -> tuple[np.ndarray, np.ndarray]:
     """A track's latents -> (window vectors `[W, D]` every `cfg.hop_s` from the pooling head, whole-track vector)."""
     grid = FrameGrid.of(model.cfg)
-    frames = int(samples * grid.rate / model.cfg.sample_rate)
+    frames = grid.frames(samples, model.cfg.sample_rate)
     windows, _ = window_vectors(model, latents, grid, cfg.hop_s, frames)
     return windows, track_vector(frame_features(latents, grid)[:max(1, frames)])
 

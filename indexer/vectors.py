@@ -33,6 +33,9 @@ class VectorConfig:
     sure_score: float = 0.8      # ...unsure: under this (clean and MP3 copies score over 0.9)
     verify: int = 2              # ...at most this many candidates in turn
     rescore_seconds: float = 8.0  # more candidates re-scored for short clips, up to this much audio in all
+    scan: int = 3                # the best track's windows all compared with the clip's: up to this many more of
+    scan_ratio: float = 0.95     # its starts re-scored, those with this share of its best start's votes (a loop's
+                                 # repeats can crowd the true start out of the nearest neighbours)
     waveform_s: float = 0.5      # of which this much is also compared sample by sample
     waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
     min_score: float = 0.45      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
@@ -56,7 +59,8 @@ class VectorConfig:
 
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
-_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0}
+_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
+           "scan": 0}
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,10 @@ class FrameGrid:
         # a lapped codec's last frame of a chunk sits where the next chunk's first one does: drop it
         per_chunk = codec_cfg.chunk // codec_cfg.frame
         return cls(codec_cfg.sample_rate / codec_cfg.frame, per_chunk)
+
+    def frames(self, samples: int, sample_rate: int) -> int:
+        """How many whole frames `samples` at `sample_rate` fill."""
+        return int(samples * self.rate / sample_rate)
 
 
 def frame_features(latents: np.ndarray, grid: FrameGrid) -> np.ndarray:

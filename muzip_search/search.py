@@ -8,7 +8,7 @@ import numpy as np
 from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
 from indexer.index import Index
-from indexer.vectors import align, band_spectrogram, centre, split_id, window_vectors
+from indexer.vectors import align, band_spectrogram, centre, split_id, window_id, window_vectors
 
 from .reconstruct import NotInIndex, reconstruct
 
@@ -66,9 +66,10 @@ class Searcher:
         if s.windows.ntotal == 0:
             return []
         latents = encode_signal(model, x).numpy()
-        frames = int(len(x) * self.grid.rate / sr)
+        frames = self.grid.frames(len(x), sr)
         qv, qt = window_vectors(model, latents, self.grid, self.cfg.query_hop_s, frames, limit=self.cfg.query_windows)
-        sims, ids = s.windows.search(centre(qv, s.mean), min(self.cfg.neighbours, s.windows.ntotal))
+        qv = centre(qv, s.mean)
+        sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
         voted = self._vote(sims, ids, qt)
         if not voted:
             return []
@@ -84,8 +85,17 @@ class Searcher:
                 break
             candidates.append(c)
             tracks.add(c[0])
-        rescored = sorted((self._rescore(x, tid, offset) for tid, offset, _ in candidates), key=lambda h: -h[2])
-        rescored = self._verify(x, rescored)
+        hits = self._verify(x, [(*self._rescore(x, tid, offset), False) for tid, offset, _ in candidates])
+        # a match (by the default threshold, whatever `min_score`): is it at its track's right start? Only then,
+        # so that more starts tried cannot turn music that is not in the index into a match; and only where the
+        # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
+        # one or few windows vote too weakly to scan a track with)
+        if self.cfg.scan and most == self.cfg.rescore and hits[0][2] >= self.threshold(len(x) / sr):
+            best = hits[0][0]
+            tried = [h[1] for h in candidates + hits if h[0] == best]
+            more = self._scan(qv, qt, best, s.mean, tried)
+            hits = self._verify(x, hits + [(*self._rescore(x, best, o), False) for o in more])
+        rescored = [h[:3] for h in hits]
         found = [h for h in rescored if h[2] >= min_score]
         seen: set[int] = set()
         found = [h for h in found if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
@@ -94,13 +104,15 @@ class Searcher:
         return [Match(tid, rows[tid]["path"], round(off, 3), round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], span) for tid, off, score in found[:top]]
 
-    def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray) -> list[tuple[int, float, float]]:
+    def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,
+              per_track: int | None = None) -> list[tuple[int, float, float]]:
         """(track, clip start) pairs that many window matches agree on: [(track_id, offset_s, votes)], best first.
 
         Every neighbour of every query window votes, with its similarity, for the
         track and the clip start it implies (in bins of half a hop). A track may
-        offer up to `offsets_per_track` distinct starts, because a repeated section
-        can outvote the true one; re-scoring then tells them apart.
+        offer up to `per_track` (default `offsets_per_track`) distinct starts,
+        because a repeated section can outvote the true one; re-scoring then tells
+        them apart.
         """
         hop = self.cfg.hop_s
         valid = ids >= 0
@@ -118,12 +130,13 @@ class Searcher:
             j = np.searchsorted(uniq, uniq + step)
             hit = (j < len(uniq)) & (uniq[np.minimum(j, len(uniq) - 1)] == uniq + step)
             total[hit] += 0.5 * votes[j[hit]]
+        per_track = per_track or self.cfg.offsets_per_track
         chosen: dict[int, list[int]] = defaultdict(list)
         out = []
         for k in np.argsort(-total, kind="stable"):
             tid, b = int(uniq[k] >> 24), int(uniq[k] & ((1 << 24) - 1))
             taken = chosen[tid]
-            if len(taken) >= self.cfg.offsets_per_track or any(abs(b - t) <= 2 for t in taken):
+            if len(taken) >= per_track or any(abs(b - t) <= 2 for t in taken):
                 continue  # a near duplicate of a start already chosen for this track
             taken.append(b)
             out.append((tid, float(mean_offset[k]), float(total[k])))
@@ -131,21 +144,43 @@ class Searcher:
                 break
         return out
 
-    def _verify(self, x: np.ndarray, rescored: list[tuple[int, float, float]]) -> list[tuple[int, float, float]]:
+    def _scan(self, qv: np.ndarray, qt: np.ndarray, tid: int, mean: np.ndarray, tried: list[float]) -> list[float]:
+        """Starts in track `tid` worth re-scoring that were not: up to `scan` of them.
+
+        Every query window is compared with every window of the track, not only
+        with its nearest neighbours in the whole index, which a loop's many
+        repeats (in this track and in others) can fill, and the pairs vote as in
+        `_vote`. Starts with at least `scan_ratio` of the best start's votes that
+        lie over a hop from every start already tried are returned, best first.
+        """
+        w = self.index.catalog.window_vectors(tid)
+        if w is None:
+            return []
+        sims = qv @ centre(w.astype(np.float32), mean).T
+        ids = np.broadcast_to(window_id(tid, np.arange(len(w), dtype=np.int64)), sims.shape)
+        voted = self._vote(sims, ids, qt, per_track=self.cfg.candidates)
+        close = [o for _, o, v in voted if v >= self.cfg.scan_ratio * voted[0][2]]
+        return [o for o in close if all(abs(o - t) > self.cfg.hop_s for t in tried)][:self.cfg.scan]
+
+    def _verify(self, x: np.ndarray,
+                hits: list[tuple[int, float, float, bool]]) -> list[tuple[int, float, float, bool]]:
         """Re-score the best candidate on more of a long clip (up to `verify_s`, its middle) while its score is
         unsure (under `sure_score`): a chance likeness over a few seconds fades over more audio, while a room
-        recording of the track holds. Up to `verify` candidates, each time the best one not yet verified."""
+        recording of the track holds. Up to `verify` candidates, each time the best one not yet verified.
+
+        `hits`: (track, start, score, verified); returned sorted, best first.
+        """
         cfg = self.cfg
+        hits = sorted(hits, key=lambda h: -h[2])
         if cfg.verify_s <= cfg.rescore_max_s or len(x) <= cfg.rescore_max_s * self.index.model.cfg.sample_rate:
-            return rescored
-        hits = [(*h, False) for h in rescored]  # (track, start, score, verified)
+            return hits
         for _ in range(cfg.verify):
             tid, offset, score, verified = hits[0]
             if verified or score >= cfg.sure_score:
                 break
             hits[0] = (*self._rescore(x, tid, offset, cfg.verify_s), True)
             hits.sort(key=lambda h: -h[2])
-        return [h[:3] for h in hits]
+        return hits
 
     def _rescore(self, x: np.ndarray, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:

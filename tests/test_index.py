@@ -357,3 +357,35 @@ def test_a_long_clip_is_verified_on_more_of_itself(built):
     # while 5 s of that song alone in a room keep a score over the whole clip (0.68 here)
     found, = searcher.search(CONDITIONS["room"](cut(4, 1.0, 5.0), SR, 0), top=1)
     assert found.track_id == 4 and abs(found.offset_s - 1.0) < 0.05 and found.score > searcher.threshold(5.0) + 0.1
+
+
+def test_a_loops_true_start_is_found_when_its_repeats_crowd_the_neighbours(untrained_default, tmp_path):
+    import dataclasses
+
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    # a 1.5-s motif played six times, each time with a little of its own counter-melody (-24 dB): the window
+    # vectors hardly tell the repeats apart, re-scoring against the decoded audio does
+    motif = song(1.5, seed=50)
+    loop = np.concatenate([motif + 0.06 * song(1.5, seed=60 + k) for k in range(6)])
+    sf.write(tmp_path / "loop.wav", loop, SR)
+    sf.write(tmp_path / "other.wav", song(6.0, seed=1), SR)
+    assert cli("index", tmp_path, "--index", tmp_path / "idx", "--checkpoint", untrained_default).exit_code == 0
+    searcher = Searcher(Index.open(tmp_path / "idx", readonly=True))
+    loop_id = searcher.index.catalog.track_by_path(str(tmp_path / "loop.wav"))["id"]
+    # as in a big index, where a loop's repeats (in its track and in others) fill a window's nearest
+    # neighbours: two neighbours per window, one start per track
+    crowded = dict(neighbours=2, offsets_per_track=1, candidates=2, rescore=1, rescore_seconds=0.0)
+
+    def found(scan: int) -> list[float]:
+        searcher.cfg = dataclasses.replace(searcher.index.vectors, scan=scan, **crowded)
+        starts = [1.5 * k + 0.37 for k in range(4)]
+        out = []
+        for start in starts:
+            m = searcher.search(loop[int(start * SR):int(start * SR) + 3 * SR], top=1)[0]
+            assert m.track_id == loop_id and m.score > 0.98
+            out.append(round(m.offset_s - start, 2))
+        return out
+
+    assert found(scan=0) == [1.5, 0.0, 0.0, -4.5]  # the vote's start, a repeat, is kept twice
+    assert found(scan=3) == [0.0, 0.0, 0.0, 0.0]  # the track's own windows all compared: the true start

@@ -1,6 +1,6 @@
 import numpy as np
 
-from indexer.vectors import VectorConfig, align, build_faiss, window_id
+from indexer.vectors import FrameGrid, VectorConfig, align, build_faiss, window_id
 
 
 def test_exact_index_finds_every_stored_vector():
@@ -26,6 +26,14 @@ def test_past_the_threshold_the_index_is_ivf_pq():
     assert got.shape == (5, 10)
 
 
+def test_frames_are_counted_whole_at_any_sample_rate():
+    from models import preset
+    grid = FrameGrid.of(preset("default"))
+    assert (grid.rate, grid.per_chunk) == (176.4, 176)  # 250-sample frames at 44.1 kHz, 44,000-sample chunks
+    assert [grid.frames(n, sr) for n, sr in [(44100, 44100), (44249, 44100), (44250, 44100), (22050, 22050)]] == [
+        176, 176, 177, 176]
+
+
 def test_align_finds_the_lag_of_a_copy():
     rng = np.random.default_rng(2)
     track = rng.standard_normal((400, 6)).astype(np.float32)
@@ -36,7 +44,8 @@ def test_align_finds_the_lag_of_a_copy():
 def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     new = VectorConfig()
     assert VectorConfig.from_dict(new.to_dict()) == new
-    added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0}  # their old behaviour
+    added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0,
+             "scan": 0}  # their old behaviour
     old = {k: v for k, v in new.to_dict().items() if k not in added}
     assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
