@@ -36,7 +36,7 @@ class VectorConfig:
     scan: int = 3                # the best track's windows all compared with the clip's: up to this many more of
     scan_ratio: float = 0.95     # its starts re-scored, those with this share of its best start's votes (a loop's
                                  # repeats can crowd the true start out of the nearest neighbours)
-    waveform_s: float = 0.5      # of which this much is also compared sample by sample
+    waveform_s: float = 0.5      # re-scoring also compares this much of the clip sample by sample
     waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
     min_score: float = 0.45      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
     short_extra: float = 0.1     # ...raised by up to this for clips under 2 s (this much at 1 s): their scores are
