@@ -31,7 +31,7 @@ class Codec(nn.Module):
     def __init__(self, cfg: CodecConfig):
         super().__init__()
         self.cfg = cfg
-        self.head = PoolingHead(cfg.latent_dim, *cfg.head) if cfg.head else None
+        self.head = PoolingHead(cfg.latent_dim, *cfg.head, frames=self.window_frames) if cfg.head else None
 
     def decoder_parameters(self):
         """The decoder's parameters: what `train --decoder-only` fits, leaving latents and vectors as they are."""

@@ -26,7 +26,7 @@ class CodecConfig:
     sample_rate: int = 44100
     chunk: int = 44000              # samples the codec sees at once (the paper's "second")
     scale: float = 10.0             # the paper multiplies samples by 10 before the net
-    head: tuple[int, ...] = ()      # pooling head (conv width, vector size) for search; () = none
+    head: tuple[int, ...] = ()      # pooling head for search (conv width, vector size[, ordered width]); () = none
     contrastive: float = 0.0        # weight of the head's InfoNCE loss beside the MSE when training
     temperature: float = 0.05       # InfoNCE temperature
     # training defaults, kept with the model so `train --resume` picks them up
@@ -41,8 +41,8 @@ class CodecConfig:
             raise ValueError(f"unknown arch {self.arch!r}")
         if self.arch == "lapped" and (not self.overlap or len(self.encoder) != 3 or len(self.decoder) != 1):
             raise ValueError("a lapped codec overlaps and has encoder (bins, width, latent), decoder (width,)")
-        if self.head and len(self.head) != 2:
-            raise ValueError("head is (conv width, vector size)")
+        if self.head and len(self.head) not in (2, 3):
+            raise ValueError("head is (conv width, vector size) or (conv width, vector size, ordered width)")
         if self.latent_bits not in (8, 32):
             raise ValueError("latent_bits must be 8 (int8) or 32 (float32)")
 
@@ -91,16 +91,16 @@ PRESETS: dict[str, CodecConfig] = {
     # Ours: an MDCT-initialised lapped transform (frames of 250, windows of 500) with
     # residual MLPs; int8 latents 45 x 177 per chunk = 63.9 kbps.
     # encoder = (transform bins, MLP width, latent); decoder = (MLP width,)
-    # Its pooling head turns one second of latents into a 128-d vector for search; the
-    # contrastive weight is small, so the encoder bends towards robust vectors only as far
+    # Its pooling head turns one second of latents into a 128-d vector for search (what the
+    # second holds, 128 channels, and when, 64 channels in 6 slots); the contrastive weight is small, so the encoder bends towards robust vectors only as far
     # as reconstruction allows (the head itself learns at full speed under Adam).
     "default": CodecConfig("default", frame=250, arch="lapped", encoder=(250, 512, 45), decoder=(512,),
                            overlap=True, activation="gelu", latent_bits=8, batch_size=64,
-                           head=(128, 128), contrastive=0.002,
+                           head=(128, 128, 64), contrastive=0.002,
                            description="lapped transform, int8 latents at 63.9 kbps, 128-d search vectors"),
     # Trains in seconds on a CPU; for tests only.
     "tiny": CodecConfig("tiny", frame=100, arch="lapped", encoder=(100, 32, 10), decoder=(32,), chunk=4000,
-                        sample_rate=8000, overlap=True, activation="gelu", latent_bits=8, head=(16, 16),
+                        sample_rate=8000, overlap=True, activation="gelu", latent_bits=8, head=(16, 16, 8),
                         contrastive=0.1,
                         batch_size=8, lr=3e-3, description="test-sized codec"),
 }

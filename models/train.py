@@ -128,7 +128,7 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
         on_checkpoint: Callable[[TrainState], None] | None = None,
         views: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
         head_views: Callable[[int], tuple[torch.Tensor, torch.Tensor]] | None = None,
-        val_views: tuple[torch.Tensor, torch.Tensor] | None = None) -> TrainState:
+        val_views: tuple[torch.Tensor, torch.Tensor] | None = None, cosine: bool = False) -> TrainState:
     """Train until `state.epoch == epochs`; an epoch sees as many chunks as the tracks hold.
 
     With `views` (a function giving `batch` clean chunks and a degraded view of
@@ -140,7 +140,10 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
     each epoch records the view accuracy on the fixed pairs `val_views` (the MSE
     cannot move). `on_step(state, loss)` is called after every step (progress
     bars), `on_epoch` after every epoch with the validation figures recorded,
-    `on_checkpoint` every `checkpoint_every` steps.
+    `on_checkpoint` every `checkpoint_every` steps. With `cosine`, the learning
+    rate falls from the optimizer's along half a cosine to 0 at the last step of
+    `epochs` (kept as `initial_lr` in the optimizer's state, so a resumed run goes
+    on down the same curve).
     """
     state = state or TrainState()
     bs = model.cfg.batch_size
@@ -151,6 +154,10 @@ def fit(model: Codec, optimizer: torch.optim.Optimizer, sampler: ChunkSampler, v
         t0, losses, accuracies = time.perf_counter(), [], []
         done = min(max(state.step - state.epoch * steps, 0), steps)  # resumed mid-epoch
         for _ in range(steps - done):
+            if cosine:
+                for group in optimizer.param_groups:
+                    group.setdefault("initial_lr", group["lr"])
+                    group["lr"] = group["initial_lr"] * 0.5 * (1 + math.cos(math.pi * state.step / (epochs * steps)))
             if head_views is not None:
                 a, b = (v.to(device) for v in head_views(bs))
                 with _autocast(device):

@@ -65,6 +65,8 @@ def train(
     versions: Annotated[int, typer.Option(min=1, help="With --head-only: degraded copies of each track.")] = 6,
     batch_size: Annotated[int | None, typer.Option(min=2, help="Batch size for this run (default: the "
                                                                "preset's; saved in the checkpoint).")] = None,
+    cosine: Annotated[bool, typer.Option(help="Lower the learning rate along half a cosine to 0 at the last "
+                                              "epoch.")] = False,
     json_out: Json = False,
 ):
     """Train the codec on a music folder, validating on whole held-out tracks.
@@ -76,7 +78,7 @@ def train(
     Example:  muzip-search train fma_small/ --init old.pt --lr 5e-4 --epochs 8 --out default.pt
 
     --head-only retrains the search vectors of a trained codec, its latents unchanged.
-    Example:  muzip-search train fma_small/ --init default.pt --head-only --batch-size 512 --out new.pt
+    Example:  muzip-search train fma_small/ --init default.pt --head-only --batch-size 512 --lr 1e-3 --cosine --out new.pt
     """
     from .training import TrainError, train as run_train
     if preset not in PRESETS:
@@ -85,7 +87,8 @@ def train(
         report = run_train(directory, out, preset_name=preset, epochs=epochs, device=device, resume=resume,
                            val_fraction=val_fraction, max_hours=max_hours, seed=seed,
                            checkpoint_every=checkpoint_every, lr=lr, init=init, decoder_only=decoder_only,
-                           head_only=head_only, versions=versions, batch_size=batch_size, progress=not json_out)
+                           head_only=head_only, versions=versions, batch_size=batch_size, cosine=cosine,
+                           progress=not json_out)
     except (TrainError, CheckpointError, RuntimeError, ValueError) as err:
         fail(str(err))
     if json_out:

@@ -38,7 +38,7 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
           resume: bool = False, val_fraction: float = 0.1, max_hours: float = 10.0, seed: int = 0,
           checkpoint_every: int = 500, workers: int | None = None, lr: float | None = None,
           init: Path | None = None, decoder_only: bool = False, head_only: bool = False, versions: int = 6,
-          batch_size: int | None = None, progress: bool = True) -> TrainReport:
+          batch_size: int | None = None, cosine: bool = False, progress: bool = True) -> TrainReport:
     """Train on every audio file under `root`, validating on whole held-out tracks.
 
     The checkpoint at `out` is rewritten after every epoch and every
@@ -56,7 +56,8 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
     degraded copies of each track encoded once (`indexer.augment.LatentViews`):
     latents and reconstructions stay exactly as they were, and since a step is
     cheap, batches can be large (`batch_size`, saved in the checkpoint's config;
-    pass `head_only` again with `resume`).
+    pass `head_only` again with `resume`). `cosine` lowers the learning rate
+    along half a cosine, from `lr` (or the preset's) to 0 at the last epoch.
     """
     if decoder_only and head_only:
         raise TrainError("choose one of decoder_only and head_only")
@@ -124,6 +125,7 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
     if lr is not None:
         for group in optimizer.param_groups:
             group["lr"] = lr
+            group.pop("initial_lr", None)  # a cosine curve starts again from here
     sampler = ChunkSampler(train_tracks, cfg.chunk, seed=seed + state.step)
     views = ViewSampler(train_tracks, cfg.chunk, cfg.sample_rate, seed=seed + state.step) \
         if cfg.head and cfg.contrastive > 0 and not (decoder_only or head_only) else None
@@ -167,7 +169,7 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
 
     state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
                 on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views,
-                head_views=head_views, val_views=val_views)
+                head_views=head_views, val_views=val_views, cosine=cosine)
     bar.close()
     save(state)
     return TrainReport(str(out), cfg.name, len(train_tracks), len(val_tracks), failed, state.epoch,
