@@ -91,3 +91,14 @@ def test_head_only_training_keeps_latents_and_reconstructions(music_dir, tmp_pat
     assert [sorted(h) for h in history] == [["epoch", "train_nce", "val_view_accuracy", "view_accuracy"]] * 2
     assert changed == ["head"]
     assert after["config"]["batch_size"] == 16
+
+
+def test_cosine_lowers_the_learning_rate_to_near_zero_at_the_last_step(music_dir, tmp_path):
+    import math
+    result, _, after = retrain(music_dir, tmp_path, "--epochs", "2", "--head-only", "--versions", "2",
+                               "--batch-size", "16", "--lr", "0.001", "--cosine")
+    steps = json.loads(result.stdout)["steps"]
+    assert steps >= 2
+    group = after["optimizer"]["param_groups"][0]
+    assert group["initial_lr"] == 0.001
+    assert group["lr"] == 0.001 * 0.5 * (1 + math.cos(math.pi * (steps - 1) / steps))  # set before the last step
