@@ -92,8 +92,9 @@ PRESETS: dict[str, CodecConfig] = {
     # residual MLPs; int8 latents 45 x 177 per chunk = 63.9 kbps.
     # encoder = (transform bins, MLP width, latent); decoder = (MLP width,)
     # Its pooling head turns one second of latents into a 128-d vector for search (what the
-    # second holds, 128 channels, and when, 64 channels in 6 slots); the contrastive weight is small, so the encoder bends towards robust vectors only as far
-    # as reconstruction allows (the head itself learns at full speed under Adam).
+    # second holds, 128 channels, and when, 64 channels in 6 slots); the contrastive weight
+    # is small, so the encoder bends towards robust vectors only as far as reconstruction
+    # allows (the head itself learns at full speed under Adam).
     "default": CodecConfig("default", frame=250, arch="lapped", encoder=(250, 512, 45), decoder=(512,),
                            overlap=True, activation="gelu", latent_bits=8, batch_size=64,
                            head=(128, 128, 64), contrastive=0.002,
