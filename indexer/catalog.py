@@ -194,12 +194,12 @@ class Catalog:
         """Yield (track_id, window vectors float16 [W, D], whole-track vector [D2]) of every track."""
         for tid, w, d, data, whole in self.db.execute(
                 "select track_id, windows, dim, data, whole from vectors order by track_id"):
-            yield tid, np.frombuffer(data, dtype=np.float16).reshape(w, d), np.frombuffer(whole, dtype=np.float32)
+            yield tid, _windows(w, d, data), np.frombuffer(whole, dtype=np.float32)
 
     def window_vectors(self, track_id: int) -> np.ndarray | None:
         """The window vectors float16 `[W, D]` of an indexed track; None if it has none."""
         row = self.db.execute("select windows, dim, data from vectors where track_id = ?", [track_id]).fetchone()
-        return None if row is None else np.frombuffer(row[2], dtype=np.float16).reshape(row[0], row[1])
+        return None if row is None else _windows(*row)
 
     def track_vector(self, track_id: int) -> np.ndarray:
         """The whole-track vector `[D2]` of an indexed track."""
@@ -221,3 +221,8 @@ class Catalog:
 
     def close(self):
         self.db.conn.close()
+
+
+def _windows(windows: int, dim: int, data: bytes) -> np.ndarray:
+    """A `vectors` row's window vectors, as stored: float16 `[windows, dim]`."""
+    return np.frombuffer(data, dtype=np.float16).reshape(windows, dim)
