@@ -36,15 +36,18 @@ class VectorConfig:
     scan: int = 3                # the best track's windows all compared with the clip's: up to this many more of
     scan_ratio: float = 0.95     # its starts re-scored, those with this share of its best start's votes (a loop's
                                  # repeats can crowd the true start out of the nearest neighbours)
+    scan_neighbours: int = 64    # ...each query window voting with its this many nearest windows in the track (0: all)
     waveform_s: float = 0.5      # re-scoring also compares this much of the clip sample by sample
     waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
-    min_score: float = 0.45      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
+    min_score: float = 0.48      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
     short_extra: float = 0.1     # ...raised by up to this for clips under 2 s (this much at 1 s): their scores are
                                  # noisier (unindexed 1-s clips: median 0.21, 95th percentile 0.41; 2 s+: 0.14, 0.30)
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     spec_floor: float = 1.0      # band energies floored at this times their mean before the log (0: none)
     exact_spec: bool = True      # the spectrogram correlation also taken at the waveform's sample-exact start
+    room_decay_s: float = 0.03   # ...and, for other clips, also against the track's spectrogram smeared by a room's
+                                 # reverberation, energy decaying with this time constant (0: not)
     exact_max: int = 2_000_000   # above this many windows, an approximate index (IVF-PQ)
     ivf_nprobe: int = 32         # IVF lists visited per query (approximate index only)
     pq_max_subquantizers: int = 64  # PQ code bytes per vector at most (approximate index only)
@@ -60,7 +63,7 @@ class VectorConfig:
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
-           "scan": 0}
+           "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0}
 
 
 @dataclass(frozen=True)
@@ -166,25 +169,44 @@ def _band_matrix(sr: int, n_fft: int, bands: int) -> torch.Tensor:
     return torch.from_numpy(m)
 
 
-def band_spectrogram(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
-    """Log energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`.
-
-    Phase-blind (unlike latent energies), and restricted to what every codec and
-    phone keeps, so a clip and a reconstruction of the same music agree. The
-    energies are floored at `spec_floor` times their mean over the whole signal
-    (gain-free): what lies under it is where a room's noise and reverb tail
-    cover the music, so only the loud parts of the picture move the
-    correlation. On the benchmark's room clips, a floor of 1 lifted the right
-    answers' median score from 0.48 to 0.63 while unindexed music stayed under
-    ~0.42 (BENCHMARKS.md).
-    """
+def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> torch.Tensor:
+    """Energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`."""
     n_fft, hop = 2048, max(1, int(round(cfg.spec_hop_s * sr)))
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
     spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), n_fft, hop,
                       window=torch.hann_window(n_fft), center=False, return_complex=True)  # [bins, T]
-    bands = (spec.real ** 2 + spec.imag ** 2).T @ _band_matrix(sr, n_fft, cfg.spec_bands)
-    return torch.log(bands + cfg.spec_floor * bands.mean() + 1e-8).numpy()
+    return (spec.real ** 2 + spec.imag ** 2).T @ _band_matrix(sr, n_fft, cfg.spec_bands)
+
+
+def log_bands(energies: torch.Tensor, cfg: VectorConfig, decay_s: float = 0.0) -> np.ndarray:
+    """Band energies `[T, bands]` -> the log spectrogram that re-scoring correlates.
+
+    The energies are floored at `spec_floor` times their mean over the whole
+    signal (gain-free): what lies under it is where a room's noise and reverb
+    tail cover the music, so only the loud parts of the picture move the
+    correlation. On the benchmark's room clips, a floor of 1 lifted the right
+    answers' median score from 0.48 to 0.63 while unindexed music stayed under
+    ~0.42 (BENCHMARKS.md). With `decay_s`, each frame's energy first rings on,
+    decaying with that time constant, as a room's reverberation makes it do.
+    """
+    e = energies
+    if decay_s > 0:
+        w = torch.exp(-torch.arange(int(5 * decay_s / cfg.spec_hop_s) + 1) * (cfg.spec_hop_s / decay_s))
+        w = w / w.sum()
+        e = energies * w[0]
+        for k in range(1, min(len(w), len(energies))):
+            e[k:] += w[k] * energies[:-k]
+    return torch.log(e + cfg.spec_floor * e.mean() + 1e-8).numpy()
+
+
+def band_spectrogram(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
+    """Log energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`.
+
+    Phase-blind (unlike latent energies), and restricted to what every codec and
+    phone keeps, so a clip and a reconstruction of the same music agree.
+    """
+    return log_bands(band_energies(x, sr, cfg), cfg)
 
 
 def window_id(track_id: int, window: int) -> int:

@@ -8,7 +8,8 @@ import numpy as np
 from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
 from indexer.index import Index
-from indexer.vectors import align, band_spectrogram, centre, split_id, window_id, window_vectors
+from indexer.vectors import (VectorConfig, align, band_energies, band_spectrogram, centre, log_bands, split_id,
+                             window_id, window_vectors)
 
 from .reconstruct import NotInIndex, reconstruct
 
@@ -32,6 +33,21 @@ class Match:
         d = asdict(self)
         d.pop("span_s")
         return d
+
+
+@dataclass
+class _Clip:
+    """A query clip, with the band spectrograms of its middle pieces: computed once for every candidate re-scored."""
+    x: np.ndarray
+    spectrograms: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def middle(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, np.ndarray, np.ndarray]:
+        """(where the middle `keep` samples start, those samples, their band spectrogram)."""
+        skip = (len(self.x) - keep) // 2
+        piece = self.x[skip:skip + keep]
+        if keep not in self.spectrograms:
+            self.spectrograms[keep] = band_spectrogram(piece, sr, cfg)
+        return skip, piece, self.spectrograms[keep]
 
 
 class Searcher:
@@ -85,7 +101,8 @@ class Searcher:
                 break
             candidates.append(c)
             tracks.add(c[0])
-        hits = self._verify(x, [(*self._rescore(x, tid, offset), False) for tid, offset, _ in candidates])
+        clip = _Clip(x)
+        hits = self._verify(clip, [(*self._rescore(clip, tid, offset), False) for tid, offset, _ in candidates])
         # a match (by the default threshold, whatever `min_score`): is it at its track's right start? Only then,
         # so that more starts tried cannot turn music that is not in the index into a match; and only where the
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
@@ -94,7 +111,7 @@ class Searcher:
             best = hits[0][0]
             tried = [h[1] for h in candidates + hits if h[0] == best]
             more = self._scan(qv, qt, best, s.mean, tried)
-            hits = self._verify(x, hits + [(*self._rescore(x, best, o), False) for o in more])
+            hits = self._verify(clip, hits + [(*self._rescore(clip, best, o), False) for o in more])
         rescored = [h[:3] for h in hits]
         found = [h for h in rescored if h[2] >= min_score]
         seen: set[int] = set()
@@ -149,20 +166,28 @@ class Searcher:
 
         Every query window is compared with every window of the track, not only
         with its nearest neighbours in the whole index, which a loop's many
-        repeats (in this track and in others) can fill, and the pairs vote as in
-        `_vote`. Starts with at least `scan_ratio` of the best start's votes that
-        lie over a hop from every start already tried are returned, best first.
+        repeats (in this track and in others) can fill; its `scan_neighbours`
+        nearest in the track vote as in `_vote` (so a 2-hour track's 28,800
+        windows cost no more votes than a song's). Starts with at least
+        `scan_ratio` of the best start's votes that lie over a hop from every
+        start already tried are returned, best first.
         """
         w = self.index.catalog.window_vectors(tid)
         if w is None:
             return []
-        sims = qv @ centre(w.astype(np.float32), mean).T
-        ids = np.broadcast_to(window_id(tid, np.arange(len(w), dtype=np.int64)), sims.shape)
+        sims = qv @ centre(w.astype(np.float32), mean).T  # [Q, W]
+        k = self.cfg.scan_neighbours
+        if 0 < k < sims.shape[1]:
+            near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+            sims = np.take_along_axis(sims, near, axis=1)
+        else:
+            near = np.broadcast_to(np.arange(sims.shape[1]), sims.shape)
+        ids = window_id(tid, near.astype(np.int64))
         voted = self._vote(sims, ids, qt, per_track=self.cfg.candidates)
         close = [o for _, o, v in voted if v >= self.cfg.scan_ratio * voted[0][2]]
         return [o for o in close if all(abs(o - t) > self.cfg.hop_s for t in tried)][:self.cfg.scan]
 
-    def _verify(self, x: np.ndarray,
+    def _verify(self, clip: _Clip,
                 hits: list[tuple[int, float, float, bool]]) -> list[tuple[int, float, float, bool]]:
         """Re-score the best candidate on more of a long clip (up to `verify_s`, its middle) while its score is
         unsure (under `sure_score`): a chance likeness over a few seconds fades over more audio, while a room
@@ -172,17 +197,17 @@ class Searcher:
         """
         cfg = self.cfg
         hits = sorted(hits, key=lambda h: -h[2])
-        if cfg.verify_s <= cfg.rescore_max_s or len(x) <= cfg.rescore_max_s * self.index.model.cfg.sample_rate:
+        if cfg.verify_s <= cfg.rescore_max_s or len(clip.x) <= cfg.rescore_max_s * self.index.model.cfg.sample_rate:
             return hits
         for _ in range(cfg.verify):
             tid, offset, score, verified = hits[0]
             if verified or score >= cfg.sure_score:
                 break
-            hits[0] = (*self._rescore(x, tid, offset, cfg.verify_s), True)
+            hits[0] = (*self._rescore(clip, tid, offset, cfg.verify_s), True)
             hits.sort(key=lambda h: -h[2])
         return hits
 
-    def _rescore(self, x: np.ndarray, tid: int, offset: float,
+    def _rescore(self, clip: _Clip, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:
         """Re-score a candidate against its span decoded from the stored latents.
 
@@ -194,13 +219,17 @@ class Searcher:
         only for this very recording, so it tells a loop's repeats apart), times
         the share of the whole clip that lies inside the track at that start (a
         clip cut from a track fits in it; a repeat near the track's end may not).
+        For a clip that is not this very recording, the spectrogram correlation
+        is the better of two: with the track's spectrogram as it is, and smeared
+        as a room's reverberation smears it (`room_decay_s`).
         At most `seconds` of the clip (default `rescore_max_s`) are compared: its middle.
         Returns (track_id, start in s, score).
         """
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
+        x = clip.x
         keep = min(len(x), int((seconds or cfg.rescore_max_s) * sr))
-        skip = (len(x) - keep) // 2  # the middle of a long clip
+        skip, piece, q = clip.middle(keep, sr, cfg)  # the middle of a long clip
         slack = cfg.hop_s
         start = max(0.0, offset + skip / sr - slack)
         try:
@@ -208,9 +237,8 @@ class Searcher:
         except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
         samples = self.index.catalog.track_samples(tid) or 0
-        piece = x[skip:skip + keep]
-        q = band_spectrogram(piece, sr, cfg)
-        t = band_spectrogram(seg, sr, cfg)
+        energies = band_energies(seg, sr, cfg)
+        t = log_bands(energies, cfg)
         lag, spec = align(q, t, 0, len(t) - len(q))
         if lag < 0:
             return tid, offset, -1.0
@@ -224,6 +252,10 @@ class Searcher:
             # apart, which costs a clean copy up to 0.05 of correlation: a loop's repeat could then outscore it.
             # Where the waveform found the start (this very recording), again there, on grids that coincide.
             spec = max(spec, align(q, band_spectrogram(seg[at:at + len(piece)], sr, cfg), 0, 0)[1])
+        elif cfg.room_decay_s > 0:
+            # not this very recording: perhaps a room's, whose reverberation smears each sound out in time. The
+            # track's spectrogram smeared the same way is compared too, and the better correlation counts
+            spec = max(spec, align(q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(t) - len(q))[1])
         w = cfg.waveform_weight
         begin = start + (at - skip) / sr
         inside = (min(begin * sr + len(x), samples) - max(begin * sr, 0.0)) / len(x)

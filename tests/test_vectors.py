@@ -45,7 +45,7 @@ def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     new = VectorConfig()
     assert VectorConfig.from_dict(new.to_dict()) == new
     added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0,
-             "scan": 0}  # their old behaviour
+             "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0}  # their old behaviour
     old = {k: v for k, v in new.to_dict().items() if k not in added}
     assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
@@ -59,3 +59,18 @@ def test_the_floor_keeps_a_spectrogram_gain_free_and_flattens_what_lies_under_it
     np.testing.assert_allclose(a - b, np.log(100.0), atol=1e-3)  # a gain shifts every value by its log
     bare = band_spectrogram(x, 44100, VectorConfig(spec_floor=0.0))
     assert a.min() >= np.log(np.exp(bare).mean()) - 1e-3  # nothing under the floor (the mean energy)
+
+
+def test_a_rooms_decay_makes_each_frames_energy_ring_on():
+    import torch
+
+    from indexer.vectors import log_bands
+    cfg = VectorConfig(spec_floor=0.0, spec_hop_s=0.01)
+    energies = torch.zeros(8, 2)
+    energies[1, 0] = 1.0  # one click in the first band
+    dry = np.exp(log_bands(energies, cfg)) - 1e-8
+    wet = np.exp(log_bands(energies, cfg, decay_s=0.01)) - 1e-8  # one frame's time constant: 6 frames kept
+    w = np.exp(-np.arange(6.0)) / np.exp(-np.arange(6.0)).sum()
+    np.testing.assert_allclose(dry[:, 0], [0, 1, 0, 0, 0, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(wet[:, 0], [0, *w, 0], atol=1e-6)
+    np.testing.assert_allclose(wet[:, 1], 0, atol=1e-6)
