@@ -11,6 +11,8 @@ import soundfile as sf
 import soxr
 import torch
 
+from models.train import Crops
+
 
 def _rng(seed) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
@@ -134,21 +136,19 @@ class ViewSampler:
 
     def __init__(self, tracks: list[np.ndarray], chunk: int, sr: int, seed: int = 0, max_shift_s: float = 0.0625):
         self.shift = int(max_shift_s * sr)
-        self.tracks = [t for t in tracks if len(t) >= chunk + 2 * self.shift]
+        self.crops = Crops([len(t) for t in tracks], chunk, margin=self.shift)
+        self.tracks = [tracks[i] for i in self.crops.kept]
         if not self.tracks:
             raise ValueError(f"no track is long enough for views of {chunk} samples")
         self.chunk, self.sr = chunk, sr
-        lengths = np.array([len(t) - chunk - 2 * self.shift + 1 for t in self.tracks], dtype=np.float64)
-        self.p = lengths / lengths.sum()
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean, degraded) float32 tensors `[size, chunk]` in [-1, 1]."""
         clean = np.empty((size, self.chunk), np.float32)
         views = np.empty((size, self.chunk), np.float32)
-        for row, i in enumerate(self.rng.choice(len(self.tracks), size=size, p=self.p)):
+        for row, (i, start) in enumerate(self.crops.draw(self.rng, size)):
             t = self.tracks[i]
-            start = int(self.rng.integers(self.shift, len(t) - self.chunk - self.shift + 1))
             moved = start + int(self.rng.integers(-self.shift, self.shift + 1))
             clean[row] = t[start:start + self.chunk] / 32768.0
             views[row] = degrade(t[moved:moved + self.chunk] / np.float32(32768.0), self.sr, self.rng)
@@ -204,17 +204,17 @@ class LatentViews:
             self.copies.append([frames(y) for y in copies])
             if on_track:
                 on_track()
-        lengths = np.array([c.shape[1] - self.n - 2 * self.shift + 1 for c in self.clean], dtype=np.float64)
-        self.p = lengths / lengths.sum()  # every track kept holds at least one window and its shifts
+        # every track kept holds at least one window and its shifts
+        self.crops = Crops([c.shape[1] for c in self.clean], self.n, margin=self.shift)
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(clean, view) float latents `[size, C, window_frames]`."""
         a, b = [], []
-        for i in self.rng.choice(len(self.clean), size=size, p=self.p):
+        for k, start in self.crops.draw(self.rng, size):
+            i = self.crops.kept[k]
             clean, copies = self.clean[i], self.copies[i]
             view = copies[self.rng.integers(len(copies))]
-            start = int(self.rng.integers(self.shift, clean.shape[1] - self.n - self.shift + 1))
             moved = min(max(0, start + int(self.rng.integers(-self.shift, self.shift + 1))), view.shape[1] - self.n)
             a.append(clean[:, start:start + self.n])
             b.append(view[:, moved:moved + self.n])

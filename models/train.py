@@ -26,16 +26,36 @@ class TrainState:
     history: list = field(default_factory=list)  # one {"epoch", "train_mse", "val_mse"[, "view_accuracy"]} per epoch
 
 
+class Crops:
+    """Where to cut `width`-long crops, at least `margin` inside either end, from sequences of the given lengths.
+
+    Every possible start is equally likely, so a sequence weighs by its length;
+    sequences too short for one crop are left out (`kept`: the indexes of the
+    others, which `draw` counts in).
+    """
+
+    def __init__(self, lengths: list[int], width: int, margin: int = 0):
+        self.width, self.margin = width, margin
+        self.kept = [i for i, n in enumerate(lengths) if n >= width + 2 * margin]
+        self.lengths = [lengths[i] for i in self.kept]
+        starts = np.array([n - width - 2 * margin + 1 for n in self.lengths], dtype=np.float64)
+        self.p = starts / starts.sum() if self.kept else starts
+
+    def draw(self, rng: np.random.Generator, size: int) -> list[tuple[int, int]]:
+        """`size` random crops: (index into `kept`, start)."""
+        return [(int(k), int(rng.integers(self.margin, self.lengths[k] - self.width - self.margin + 1)))
+                for k in rng.choice(len(self.kept), size=size, p=self.p)]
+
+
 class ChunkSampler:
     """Random chunk-long crops from a list of int16 tracks, weighted by track length."""
 
     def __init__(self, tracks: list[np.ndarray], chunk: int, seed: int = 0):
-        self.tracks = [t for t in tracks if len(t) >= chunk]
+        self.crops = Crops([len(t) for t in tracks], chunk)
+        self.tracks = [tracks[i] for i in self.crops.kept]
         if not self.tracks:
             raise ValueError(f"no track is at least one chunk ({chunk} samples) long")
         self.chunk = chunk
-        lengths = np.array([len(t) - chunk + 1 for t in self.tracks], dtype=np.float64)
-        self.p = lengths / lengths.sum()
         self.rng = np.random.default_rng(seed)
 
     @property
@@ -44,10 +64,8 @@ class ChunkSampler:
 
     def batch(self, size: int) -> torch.Tensor:
         """`[size, chunk]` float32 in [-1, 1]."""
-        idx = self.rng.choice(len(self.tracks), size=size, p=self.p)
         out = np.empty((size, self.chunk), dtype=np.float32)
-        for row, i in enumerate(idx):
-            start = self.rng.integers(0, len(self.tracks[i]) - self.chunk + 1)
+        for row, (i, start) in enumerate(self.crops.draw(self.rng, size)):
             out[row] = self.tracks[i][start:start + self.chunk]
         return torch.from_numpy(out) / PCM16_SCALE
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from models import PRESETS, build_codec, load_codec, model_checksum, preset, save_checkpoint
-from models.train import ChunkSampler, fit, fixed_chunks, reconstruction_loss
+from models.train import ChunkSampler, Crops, fit, fixed_chunks, reconstruction_loss
 
 from .conftest import sine_mix
 
@@ -83,3 +83,13 @@ def test_checkpoint_rebuilds_the_same_model(tmp_path):
     assert torch.equal(back.encode(x), m.encode(x))
     assert torch.equal(back.decode(m.encode(x)), m.decode(m.encode(x)))
     assert model_checksum(back) == model_checksum(m)
+
+
+def test_crops_weigh_every_possible_start_alike_and_leave_out_what_is_too_short():
+    crops = Crops([3, 10, 7], width=4, margin=1)
+    assert crops.kept == [1, 2]
+    np.testing.assert_allclose(crops.p, [5 / 7, 2 / 7])  # starts 1-5 of the 10, 1-2 of the 7
+    drawn = crops.draw(np.random.default_rng(0), 2000)
+    assert sorted(set(drawn)) == [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 1), (1, 2)]
+    counts = np.bincount([5 * k + s for k, s in drawn], minlength=8)[[1, 2, 3, 4, 5, 6, 7]]
+    assert counts.min() > 200 and counts.max() < 370  # each start about 1/7 of the draws (286)
