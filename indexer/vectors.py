@@ -48,8 +48,8 @@ class VectorConfig:
     exact_spec: bool = True      # the spectrogram correlation also taken at the waveform's sample-exact start
     room_decay_s: float = 0.03   # ...and, for other clips, also against the track's spectrogram smeared by a room's
                                  # reverberation, energy decaying with this time constant (0: not)
-    exact_max: int = 2_000_000   # above this many windows, an approximate index (IVF-PQ)
-    ivf_nprobe: int = 32         # IVF lists visited per query (approximate index only)
+    exact_max: int = 100_000     # above this many windows (about 7 h of audio), an approximate index (IVF-PQ)
+    ivf_nprobe: int = 128        # IVF lists visited per query (approximate index only)
     pq_max_subquantizers: int = 64  # PQ code bytes per vector at most (approximate index only)
 
     def to_dict(self) -> dict:

@@ -21,7 +21,7 @@ def test_past_the_threshold_the_index_is_ivf_pq():
     cfg = VectorConfig(exact_max=1000)
     index = build_faiss(v, np.arange(4000, dtype=np.int64), cfg)
     assert (type(index).__name__, index.ntotal, index.nlist, index.nprobe, index.pq.M) == (
-        "IndexIVFPQ", 4000, 252, 32, 60)  # nlist = 4 sqrt(n); 60 one-byte codes for 180 dims
+        "IndexIVFPQ", 4000, 252, 128, 60)  # nlist = 4 sqrt(n); 60 one-byte codes for 180 dims
     _, got = index.search(v[:5], 10)
     assert got.shape == (5, 10)
 
