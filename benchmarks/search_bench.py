@@ -207,7 +207,8 @@ def main():
                     else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
                         # (within the hit's tolerance of the start found: MP3 coding delays a clip by ~50 ms)
                         at, tol = int(m.offset_s * sr), int(TOLERANCE_S * sr)
-                        if not m.path.startswith(DECOY) and align(clean[:, None], audio(m.track_id, m.path)[:, None], at - tol, at + tol)[1] > 0.95:
+                        if not m.path.startswith(DECOY) and align(
+                                clean[:, None], audio(m.track_id, m.path)[:, None], at - tol, at + tol)[1] > 0.95:
                             dups += 1
                 n = len(times)
                 results[f"{cond} {length:g}s"] = {"queries": n, "top1": round(hits / n, 4),

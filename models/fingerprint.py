@@ -29,7 +29,7 @@ class PoolingHead(nn.Module):
     both.
     """
 
-    def __init__(self, channels: int, width: int, dim: int, ordered: int = 0, frames: int = 176):
+    def __init__(self, channels: int, width: int, dim: int, ordered: int = 0, *, frames: int):
         super().__init__()
         self.net = nn.Sequential(
             nn.Conv1d(channels, width, 4, stride=4), nn.GELU(),

@@ -82,6 +82,6 @@ def test_the_heads_ordered_part_keeps_a_second_in_six_slots():
     head = PoolingHead(45, 128, 128, ordered=64, frames=176)  # the default codec's windows
     assert head.out.in_features == 2 * 128 + 64 * 6  # mean and max, then 6 slots of ~170 ms in time order
     assert head(torch.zeros(3, 45, 176)).shape == (3, 128)
-    assert PoolingHead(45, 128, 128).out.in_features == 256  # checkpoints from before: mean and max alone
+    assert PoolingHead(45, 128, 128, frames=176).out.in_features == 256  # checkpoints from before: mean and max alone
     tiny = build_codec(preset("tiny"))
     assert tiny.head.out.in_features == 2 * 16 + 8 * 2  # 40 frames -> 10 -> 5 -> 3 -> 2
