@@ -14,6 +14,7 @@ wholly in or wholly out.
 import json
 import sqlite3
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,6 +191,18 @@ class Catalog:
         row = self.db.execute("select samples from latents where track_id = ?", [track_id]).fetchone()
         return row[0] if row else None
 
+    @contextmanager
+    def snapshot(self):
+        """Reads inside see the catalog as one moment: what a writer commits meanwhile stays out of them."""
+        self.db.execute("begin")
+        try:
+            yield
+        finally:
+            self.db.execute("commit")
+
+    def window_count(self) -> int:
+        return self.db.execute("select coalesce(sum(windows), 0) from vectors").fetchone()[0]
+
     def all_vectors(self):
         """Yield (track_id, window vectors float16 [W, D], whole-track vector [D2]) of every track."""
         for tid, w, d, data, whole in self.db.execute(
@@ -216,7 +229,7 @@ class Catalog:
             "audio_hours": (q("select coalesce(sum(seconds), 0) from tracks where status = 'indexed'")) / 3600,
             "latent_bytes": q("select coalesce(sum(length(data)), 0) from latents"),
             "vector_bytes": q("select coalesce(sum(length(data) + length(whole)), 0) from vectors"),
-            "windows": q("select coalesce(sum(windows), 0) from vectors"),
+            "windows": self.window_count(),
         }
 
     def close(self):

@@ -228,20 +228,34 @@ def centre(v: np.ndarray, mean: np.ndarray) -> np.ndarray:
     return (v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
 
 
-def build_faiss(vectors: np.ndarray, ids: np.ndarray, cfg: VectorConfig):
-    """An exact inner-product index, or IVF-PQ past `cfg.exact_max` vectors; on the GPU where faiss has one."""
-    import faiss
-    d = vectors.shape[1]
-    n = len(vectors)
+def training_rows(n: int, cfg: VectorConfig) -> np.ndarray:
+    """Which of `n` vectors (sorted positions) train the approximate index that `n` vectors get; none for an
+    exact one."""
     if n <= cfg.exact_max:
-        index = faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-    else:
-        nlist = int(4 * math.sqrt(n))  # FAISS's guidance: 4 to 16 sqrt(n) lists
-        m = max(k for k in range(1, cfg.pq_max_subquantizers + 1) if d % k == 0)  # one byte per sub-vector
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
-        sample = vectors[np.random.default_rng(0).choice(n, min(n, 64 * nlist), replace=False)]
-        index.train(sample)
-        index.nprobe = cfg.ivf_nprobe
+        return np.zeros(0, np.int64)
+    return np.sort(np.random.default_rng(0).choice(n, min(n, 64 * _lists(n)), replace=False))
+
+
+def _lists(n: int) -> int:
+    return int(4 * math.sqrt(n))  # FAISS's guidance: 4 to 16 sqrt(n) lists
+
+
+def new_faiss(d: int, n: int, cfg: VectorConfig, training: np.ndarray):
+    """An empty index for `n` vectors of size `d`: exact inner product, or IVF-PQ past `cfg.exact_max`, trained on
+    `training` (the vectors at `training_rows(n, cfg)`)."""
+    import faiss
+    if n <= cfg.exact_max:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
+    m = max(k for k in range(1, cfg.pq_max_subquantizers + 1) if d % k == 0)  # one byte per sub-vector
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, _lists(n), m, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(np.ascontiguousarray(training, dtype=np.float32))
+    index.nprobe = cfg.ivf_nprobe
+    return index
+
+
+def build_faiss(vectors: np.ndarray, ids: np.ndarray, cfg: VectorConfig):
+    """`new_faiss` holding `vectors` `[N, D]` with `ids` `[N]`, all in memory."""
+    index = new_faiss(vectors.shape[1], len(vectors), cfg, vectors[training_rows(len(vectors), cfg)])
     if len(vectors):
         index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids.astype(np.int64))
     return index

@@ -409,3 +409,30 @@ def test_a_room_recording_is_compared_with_the_track_smeared_as_a_room_smears_it
     # a clean copy is this very recording: compared as it was
     copy = cut(4, 1.3, 3.0)
     assert searcher.search(copy, top=1)[0].score == dry.search(copy, top=1)[0].score
+
+
+def test_the_window_index_is_built_in_batches_as_it_would_be_at_once(untrained_default, tmp_path):
+    import dataclasses
+
+    from indexer.catalog import TrackRecord
+    from indexer.index import Index
+    from indexer.vectors import build_faiss, centre, window_id
+    index = Index.open(tmp_path / "index", checkpoint=untrained_default, create=True)
+    index.vectors = dataclasses.replace(index.vectors, exact_max=500)  # 1,200 windows: an IVF-PQ, trained on a sample
+    d, d2 = index.manifest["vector_dim"], index.manifest["track_vector_dim"]
+    rng = np.random.default_rng(0)
+    windows = {}
+    for t in range(12):
+        windows[t + 1] = rng.standard_normal((100, d)).astype(np.float16)
+        index.catalog.write(TrackRecord(
+            path=f"{t}.wav", size=1, mtime=0.0, hash="h", status="indexed", seconds=1.0, wanted_id=t + 1,
+            latents=np.zeros((1, 2, 2), np.int8), samples=1, windows=windows[t + 1],
+            whole=rng.standard_normal(d2).astype(np.float32)))
+    gen, streamed, _, means = index._build(batch=256)  # five batches
+    every = np.concatenate(list(windows.values())).astype(np.float32)
+    ids = np.concatenate([window_id(t, np.arange(100, dtype=np.int64)) for t in windows])
+    at_once = build_faiss(centre(every, means[:d]), ids, index.vectors)
+    queries = centre(every[::37] + 0.1, means[:d])
+    assert (gen, type(streamed).__name__, streamed.ntotal) == (12, "IndexIVFPQ", 1200)
+    np.testing.assert_allclose(means[:d], every.mean(axis=0), atol=1e-6)
+    assert [r.tolist() for r in streamed.search(queries, 5)] == [r.tolist() for r in at_once.search(queries, 5)]
