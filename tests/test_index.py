@@ -428,7 +428,7 @@ def test_the_window_index_is_built_in_batches_as_it_would_be_at_once(untrained_d
             path=f"{t}.wav", size=1, mtime=0.0, hash="h", status="indexed", seconds=1.0, wanted_id=t + 1,
             latents=np.zeros((1, 2, 2), np.int8), samples=1, windows=windows[t + 1],
             whole=rng.standard_normal(d2).astype(np.float32)))
-    gen, streamed, _, means = index._build(batch=256)  # five batches
+    gen, streamed, _, means = index._build(batch=256)  # four batches of three tracks
     every = np.concatenate(list(windows.values())).astype(np.float32)
     ids = np.concatenate([window_id(t, np.arange(100, dtype=np.int64)) for t in windows])
     at_once = build_faiss(centre(every, means[:d]), ids, index.vectors)
