@@ -194,7 +194,10 @@ class Index:
 
     def faiss_type(self) -> str:
         n = self.catalog.stats()["windows"]
-        return "IndexFlatIP (exact)" if n <= self.vectors.exact_max else f"IndexIVFPQ (nprobe {self.vectors.ivf_nprobe})"
+        if n <= self.vectors.exact_max:
+            return "IndexFlatIP (exact)"
+        kind = {"ivf-sq8": "IndexIVFScalarQuantizer (8-bit)", "ivf-pq": "IndexIVFPQ"}[self.vectors.approximate]
+        return f"{kind} (nprobe {self.vectors.ivf_nprobe})"
 
     def close(self):
         self.catalog.close()

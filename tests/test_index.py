@@ -418,7 +418,7 @@ def test_the_window_index_is_built_in_batches_as_it_would_be_at_once(untrained_d
     from indexer.index import Index
     from indexer.vectors import build_faiss, centre, window_id
     index = Index.open(tmp_path / "index", checkpoint=untrained_default, create=True)
-    index.vectors = dataclasses.replace(index.vectors, exact_max=500)  # 1,200 windows: an IVF-PQ, trained on a sample
+    index.vectors = dataclasses.replace(index.vectors, exact_max=500)  # 1,200 windows: an IVF index, trained on a sample
     d, d2 = index.manifest["vector_dim"], index.manifest["track_vector_dim"]
     rng = np.random.default_rng(0)
     windows = {}
@@ -433,6 +433,6 @@ def test_the_window_index_is_built_in_batches_as_it_would_be_at_once(untrained_d
     ids = np.concatenate([window_id(t, np.arange(100, dtype=np.int64)) for t in windows])
     at_once = build_faiss(centre(every, means[:d]), ids, index.vectors)
     queries = centre(every[::37] + 0.1, means[:d])
-    assert (gen, type(streamed).__name__, streamed.ntotal) == (12, "IndexIVFPQ", 1200)
+    assert (gen, type(streamed).__name__, streamed.ntotal) == (12, "IndexIVFScalarQuantizer", 1200)
     np.testing.assert_allclose(means[:d], every.mean(axis=0), atol=1e-6)
     assert [r.tolist() for r in streamed.search(queries, 5)] == [r.tolist() for r in at_once.search(queries, 5)]

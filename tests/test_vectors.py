@@ -14,16 +14,22 @@ def test_exact_index_finds_every_stored_vector():
     assert got[:, 0].tolist() == ids[:20].tolist()
 
 
-def test_past_the_threshold_the_index_is_ivf_pq():
+def test_past_the_threshold_the_index_is_approximate():
     rng = np.random.default_rng(1)
     v = rng.standard_normal((4000, 180)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
-    cfg = VectorConfig(exact_max=1000)
-    index = build_faiss(v, np.arange(4000, dtype=np.int64), cfg)
-    assert (type(index).__name__, index.ntotal, index.nlist, index.nprobe, index.pq.M) == (
-        "IndexIVFPQ", 4000, 252, 128, 60)  # nlist = 4 sqrt(n); 60 one-byte codes for 180 dims
-    _, got = index.search(v[:5], 10)
-    assert got.shape == (5, 10)
+    sq8 = build_faiss(v, np.arange(4000, dtype=np.int64), VectorConfig(exact_max=1000))
+    assert (type(sq8).__name__, sq8.ntotal, sq8.nlist, sq8.nprobe, sq8.code_size) == (
+        "IndexIVFScalarQuantizer", 4000, 252, 128, 180)  # nlist = 4 sqrt(n); a byte per dimension
+    pq = build_faiss(v, np.arange(4000, dtype=np.int64), VectorConfig(exact_max=1000, approximate="ivf-pq"))
+    assert (type(pq).__name__, pq.nlist, pq.pq.M) == ("IndexIVFPQ", 252, 60)  # 60 one-byte codes for 180 dims
+    for index in (sq8, pq):
+        _, got = index.search(v[:5], 10)
+        assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_an_index_built_before_the_scalar_quantizer_keeps_ivf_pq():
+    assert VectorConfig.from_dict({"exact_max": 1000}).approximate == "ivf-pq"
 
 
 def test_frames_are_counted_whole_at_any_sample_rate():
