@@ -133,14 +133,16 @@ class Index:
         self._searchable = Searchable(gen, to_device(windows), to_device(tracks), means[:d], means[d:])
         return self._searchable
 
-    def _build(self, batch: int = 65536):
+    def _build(self, batch: int = 65536, on_progress=None):
         """(generation, window index, track index, their means) from one consistent read of the catalog.
 
         The window vectors are read twice, `batch` at a time (the first pass
         takes their mean and the approximate index's training sample, the second
         adds them), so memory holds the FAISS index, never every vector as
         float32: fma_large's 106,574 clips make 12.8 M windows, 6.5 GB of them.
+        `on_progress(stage, windows added)` hears of each step.
         """
+        report = on_progress or (lambda stage, added: None)
         d, d2 = self.manifest["vector_dim"], self.manifest["track_vector_dim"]
         with self.catalog.snapshot():
             gen, n = self.catalog.generation, self.catalog.window_count()
@@ -154,19 +156,24 @@ class Index:
                 tv.append(whole)
                 tid.append(track_id)
             mean = (total / max(n, 1)).astype(np.float32)
+            report("training" if len(rows) else "adding", 0)
             windows = new_faiss(d, n, self.vectors, centre(np.concatenate(sample).astype(np.float32), mean))
             del sample
             for v, ids in _batches(self.catalog.all_vectors(), batch):
                 windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
+                report("adding", windows.ntotal)
         all_tracks = np.stack(tv) if tv else np.zeros((0, d2), np.float32)
         track_mean = all_tracks.mean(axis=0) if len(all_tracks) else np.zeros(d2, np.float32)
         tracks = build_faiss(centre(all_tracks, track_mean), np.array(tid, dtype=np.int64), self.vectors)
         return gen, windows, tracks, np.concatenate([mean, track_mean]).astype(np.float32)
 
-    def save_faiss(self) -> None:
-        """Write the FAISS files for the current generation (atomically) and drop older ones."""
+    def save_faiss(self, on_progress=None) -> None:
+        """Write the FAISS files for the current generation (atomically) and drop older ones.
+
+        `on_progress(stage, windows added)`: as for `_build`.
+        """
         import faiss
-        gen, windows, tracks, means = self._build()
+        gen, windows, tracks, means = self._build(on_progress=on_progress)
         wpath, tpath, mpath = self._derived_files(gen)
         tmp = mpath.with_name(mpath.name + ".tmp")
         tmp.write_bytes(means.tobytes())

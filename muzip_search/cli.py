@@ -350,10 +350,13 @@ def remove(
 
     Example:  muzip-search remove 2 fma_small/000/000005.mp3
     """
+    from .progress import faiss_bar
     idx = _open(index_dir, readonly=False)
     ids = [_track_id(idx, t) for t in tracks]
     n = idx.catalog.remove(ids)
-    idx.save_faiss()
+    bar, on_progress = faiss_bar(idx.catalog.window_count(), enabled=not json_out)
+    idx.save_faiss(on_progress)
+    bar.close()
     if json_out:
         print_json({"removed": ids})
     else:

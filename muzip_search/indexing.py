@@ -11,6 +11,7 @@ from indexer.pipeline import run
 
 from .device import pick_device
 from .progress import bar as progress_bar
+from .progress import faiss_bar as progress_faiss
 
 
 @dataclass
@@ -86,7 +87,9 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
         report.audio_hours = summary.audio_seconds / 3600
         report.stages = {"decode_cpu_s": round(summary.decode_s, 2), "encode_s": round(summary.encode_s, 2),
                          "pool_write_s": round(summary.write_s, 2)}
-        index.save_faiss()
+        faiss_bar, on_progress = progress_faiss(index.catalog.window_count(), progress)
+        index.save_faiss(on_progress)
+        faiss_bar.close()
         report.seconds = time.perf_counter() - t0
         return report
     finally:

@@ -428,7 +428,9 @@ def test_the_window_index_is_built_in_batches_as_it_would_be_at_once(untrained_d
             path=f"{t}.wav", size=1, mtime=0.0, hash="h", status="indexed", seconds=1.0, wanted_id=t + 1,
             latents=np.zeros((1, 2, 2), np.int8), samples=1, windows=windows[t + 1],
             whole=rng.standard_normal(d2).astype(np.float32)))
-    gen, streamed, _, means = index._build(batch=256)  # four batches of three tracks
+    steps = []
+    gen, streamed, _, means = index._build(batch=256, on_progress=lambda *step: steps.append(step))
+    assert steps == [("training", 0), ("adding", 300), ("adding", 600), ("adding", 900), ("adding", 1200)]
     every = np.concatenate(list(windows.values())).astype(np.float32)
     ids = np.concatenate([window_id(t, np.arange(100, dtype=np.int64)) for t in windows])
     at_once = build_faiss(centre(every, means[:d]), ids, index.vectors)
