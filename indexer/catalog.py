@@ -8,6 +8,8 @@ Tables:
 - `meta`: the manifest and the `generation`, bumped in the same transaction as
   every change, so FAISS files stamped with a generation are stale exactly when
   the catalog has moved on.
+- `changes`: the tracks each generation wrote or removed (from generation
+  `changes_from` in `meta`), so stale FAISS files can be brought up to date.
 Every track is written in one transaction: a kill at any moment leaves a track
 wholly in or wholly out.
 """
@@ -76,6 +78,11 @@ class Catalog:
                                       "whole": bytes}, pk="track_id")
                 db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
                                        {"key": "generation", "value": "0"}])
+        if "changes" not in db.table_names():  # a catalog made before it records changes from now on
+            with db.conn:
+                db["changes"].create({"generation": int, "track_id": int})
+                db["changes"].create_index(["generation"])
+                db["meta"].insert({"key": "changes_from", "value": str(self.generation)})
 
     # --- meta -----------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:
@@ -90,8 +97,19 @@ class Catalog:
     def generation(self) -> int:
         return int(self.get_meta("generation", "0"))
 
-    def _bump(self) -> None:
+    def _bump(self, track_ids) -> None:
+        """A new generation, which changed `track_ids` (inside the writer's transaction)."""
         self.db.execute("update meta set value = cast(value as integer) + 1 where key = 'generation'")
+        gen = self.generation
+        self.db.conn.executemany("insert into changes (generation, track_id) values (?, ?)",
+                                 [(gen, t) for t in track_ids])
+
+    def changed_since(self, generation: int) -> set[int] | None:
+        """Tracks written or removed after `generation`; None if the catalog did not record changes then."""
+        start = self.get_meta("changes_from")
+        if start is None or generation < int(start):
+            return None
+        return {r[0] for r in self.db.execute("select track_id from changes where generation > ?", [generation])}
 
     # --- tracks ---------------------------------------------------------------
     def known(self) -> dict[str, tuple[int, float, str]]:
@@ -128,7 +146,7 @@ class Catalog:
                                       "dim": rec.windows.shape[1],
                                       "data": rec.windows.astype(np.float16).tobytes(),
                                       "whole": rec.whole.astype(np.float32).tobytes()})
-            self._bump()
+            self._bump([track_id])
             db.execute("commit")
         except BaseException:
             db.execute("rollback")
@@ -142,13 +160,14 @@ class Catalog:
     def remove(self, track_ids: list[int]) -> int:
         """Delete tracks and everything stored for them; return how many existed."""
         self.db.execute("begin immediate")
-        n = 0
+        gone = []
         for tid in track_ids:
             if self.db.execute("select 1 from tracks where id = ?", [tid]).fetchone():
                 self._delete_rows(tid)
-                n += 1
+                gone.append(tid)
+        n = len(gone)
         if n:
-            self._bump()
+            self._bump(gone)
         self.db.execute("commit")
         return n
 
@@ -202,6 +221,22 @@ class Catalog:
 
     def window_count(self) -> int:
         return self.db.execute("select coalesce(sum(windows), 0) from vectors").fetchone()[0]
+
+    def vectors_of(self, track_ids):
+        """Yield (track_id, window vectors float16 [W, D], None) of those of `track_ids` that have vectors."""
+        ids = sorted(track_ids)
+        for i in range(0, len(ids), 500):
+            part = ids[i:i + 500]
+            for tid, w, d, data in self.db.execute(
+                    f"select track_id, windows, dim, data from vectors where track_id in ({','.join('?' * len(part))})"
+                    " order by track_id", part):
+                yield tid, _windows(w, d, data), None
+
+    def track_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every track's whole-track vector `[N, D2]` and the track ids `[N]`."""
+        rows = self.db.execute("select track_id, whole from vectors order by track_id").fetchall()
+        return (np.stack([np.frombuffer(w, dtype=np.float32) for _, w in rows]) if rows else None,
+                np.array([t for t, _ in rows], dtype=np.int64))
 
     def all_vectors(self):
         """Yield (track_id, window vectors float16 [W, D], whole-track vector [D2]) of every track."""

@@ -19,7 +19,8 @@ import torch
 from models import Codec, load_codec, model_checksum, shipped_checkpoint
 
 from .catalog import Catalog
-from .vectors import FrameGrid, VectorConfig, build_faiss, centre, new_faiss, to_device, training_rows, window_id
+from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, ivf_lists, new_faiss, to_device, training_rows,
+                      window_id)
 
 FORMAT_VERSION = 2  # 2: window vectors from the codec's pooling head
 DEFAULT_INDEX = Path("muzip-index")
@@ -136,36 +137,79 @@ class Index:
     def _build(self, batch: int = 65536, on_progress=None):
         """(generation, window index, track index, their means) from one consistent read of the catalog.
 
-        The window vectors are read twice, `batch` at a time (the first pass
-        takes their mean and the approximate index's training sample, the second
-        adds them), so memory holds the FAISS index, never every vector as
-        float32: fma_large's 106,574 clips make 12.8 M windows, 6.5 GB of them.
-        `on_progress(stage, windows added)` hears of each step.
+        When the newest FAISS files on disk still suit the collection's size, the
+        tracks changed since they were written are removed from their window index
+        and added again (centred on the mean those files were built with): adding
+        a file to a big collection, or a query while `index` runs, costs what
+        changed, not a new index. Otherwise the window vectors are read twice,
+        `batch` at a time (the first pass takes their mean and the approximate
+        index's training sample, the second adds them), so memory holds the FAISS
+        index, never every vector as float32: fma_large's 106,574 clips make
+        12.8 M windows, 6.5 GB of them. `on_progress(stage, windows held)` hears
+        of each step.
         """
         report = on_progress or (lambda stage, added: None)
         d, d2 = self.manifest["vector_dim"], self.manifest["track_vector_dim"]
         with self.catalog.snapshot():
             gen, n = self.catalog.generation, self.catalog.window_count()
-            rows = training_rows(n, self.vectors)
-            total, seen, sample, tv, tid = np.zeros(d), 0, [np.zeros((0, d), np.float16)], [], []
-            for track_id, w, whole in self.catalog.all_vectors():
-                total += w.sum(axis=0, dtype=np.float64)
-                lo, hi = np.searchsorted(rows, [seen, seen + len(w)])
-                sample.append(w[rows[lo:hi] - seen])
-                seen += len(w)
-                tv.append(whole)
-                tid.append(track_id)
-            mean = (total / max(n, 1)).astype(np.float32)
-            report("training" if len(rows) else "adding", 0)
-            windows = new_faiss(d, n, self.vectors, centre(np.concatenate(sample).astype(np.float32), mean))
-            del sample
-            for v, ids in _batches(self.catalog.all_vectors(), batch):
-                windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
-                report("adding", windows.ntotal)
-        all_tracks = np.stack(tv) if tv else np.zeros((0, d2), np.float32)
+            windows, mean = self._updated(n, batch, report) or self._built(n, batch, report)
+            whole, tid = self.catalog.track_vectors()
+        all_tracks = whole if whole is not None else np.zeros((0, d2), np.float32)
         track_mean = all_tracks.mean(axis=0) if len(all_tracks) else np.zeros(d2, np.float32)
-        tracks = build_faiss(centre(all_tracks, track_mean), np.array(tid, dtype=np.int64), self.vectors)
+        tracks = build_faiss(centre(all_tracks, track_mean), tid, self.vectors)
         return gen, windows, tracks, np.concatenate([mean, track_mean]).astype(np.float32)
+
+    def _built(self, n: int, batch: int, report):
+        """A new window index of the catalog's `n` windows, and the mean they are centred on."""
+        d = self.manifest["vector_dim"]
+        rows = training_rows(n, self.vectors)
+        total, seen, sample = np.zeros(d), 0, [np.zeros((0, d), np.float16)]
+        for _, w, _ in self.catalog.all_vectors():
+            total += w.sum(axis=0, dtype=np.float64)
+            lo, hi = np.searchsorted(rows, [seen, seen + len(w)])
+            sample.append(w[rows[lo:hi] - seen])
+            seen += len(w)
+        mean = (total / max(n, 1)).astype(np.float32)
+        report("training" if len(rows) else "adding", 0)
+        windows = new_faiss(d, n, self.vectors, centre(np.concatenate(sample).astype(np.float32), mean))
+        del sample
+        for v, ids in _batches(self.catalog.all_vectors(), batch):
+            windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
+            report("adding", windows.ntotal)
+        return windows, mean
+
+    def _updated(self, n: int, batch: int, report):
+        """The newest saved window index brought up to date, and its mean; None where a new one is due: no files,
+        changes not recorded since them, another kind of index or a size a quarter or 4 times theirs, or more
+        than a tenth of the tracks changed."""
+        import faiss
+        saved = [(int(p.stem.split("-")[1]), p) for p in self.root.glob("windows-*.faiss")]
+        for gen, wpath in sorted(saved, reverse=True):
+            mpath = self._derived_files(gen)[2]
+            if mpath.is_file():
+                break
+        else:
+            return None
+        changed = self.catalog.changed_since(gen)
+        tracks = self.catalog.db.execute("select count(*) from vectors").fetchone()[0]
+        if changed is None or len(changed) > max(10, tracks // 10):
+            return None
+        try:
+            windows = faiss.read_index(str(wpath))
+            mean = np.frombuffer(mpath.read_bytes(), dtype=np.float32)[:self.manifest["vector_dim"]].copy()
+        except (RuntimeError, OSError):  # replaced by a newer generation's meanwhile
+            return None
+        if not _suits(windows, n, self.vectors):
+            return None
+        if hasattr(windows, "nprobe"):
+            windows.nprobe = self.vectors.ivf_nprobe
+        for t in sorted(changed):
+            windows.remove_ids(faiss.IDSelectorRange(window_id(t, 0), window_id(t + 1, 0)))
+        report("updating", windows.ntotal)
+        for v, ids in _batches(self.catalog.vectors_of(changed), batch):
+            windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
+            report("updating", windows.ntotal)
+        return windows, mean
 
     def save_faiss(self, on_progress=None) -> None:
         """Write the FAISS files for the current generation (atomically) and drop older ones.
@@ -208,6 +252,14 @@ class Index:
 
     def close(self):
         self.catalog.close()
+
+
+def _suits(windows, n: int, cfg: VectorConfig) -> bool:
+    """Whether a saved window index is the kind `n` windows get, with IVF lists for a quarter to 4 times `n`."""
+    if n <= cfg.exact_max:
+        return type(windows).__name__ == "IndexIDMap2"
+    kind = {"ivf-sq8": "IndexIVFScalarQuantizer", "ivf-pq": "IndexIVFPQ"}[cfg.approximate]
+    return type(windows).__name__ == kind and windows.nlist <= 2 * ivf_lists(n) <= 4 * windows.nlist
 
 
 def _batches(vectors, size: int):

@@ -234,10 +234,11 @@ def training_rows(n: int, cfg: VectorConfig) -> np.ndarray:
     exact one."""
     if n <= cfg.exact_max:
         return np.zeros(0, np.int64)
-    return np.sort(np.random.default_rng(0).choice(n, min(n, 64 * _lists(n)), replace=False))
+    return np.sort(np.random.default_rng(0).choice(n, min(n, 64 * ivf_lists(n)), replace=False))
 
 
-def _lists(n: int) -> int:
+def ivf_lists(n: int) -> int:
+    """The IVF lists an approximate index of `n` vectors gets."""
     return int(4 * math.sqrt(n))  # FAISS's guidance: 4 to 16 sqrt(n) lists
 
 
@@ -254,11 +255,11 @@ def new_faiss(d: int, n: int, cfg: VectorConfig, training: np.ndarray):
     if n <= cfg.exact_max:
         return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
     if cfg.approximate == "ivf-sq8":
-        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, _lists(n), faiss.ScalarQuantizer.QT_8bit,
+        index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, ivf_lists(n), faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
     elif cfg.approximate == "ivf-pq":
         m = max(k for k in range(1, cfg.pq_max_subquantizers + 1) if d % k == 0)  # one byte per sub-vector
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, _lists(n), m, 8, faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, ivf_lists(n), m, 8, faiss.METRIC_INNER_PRODUCT)
     else:
         raise ValueError(f"approximate index {cfg.approximate!r}: expected 'ivf-sq8' or 'ivf-pq'")
     index.train(np.ascontiguousarray(training, dtype=np.float32))

@@ -438,3 +438,48 @@ def test_the_window_index_is_built_in_batches_as_it_would_be_at_once(untrained_d
     assert (gen, type(streamed).__name__, streamed.ntotal) == (12, "IndexIVFScalarQuantizer", 1200)
     np.testing.assert_allclose(means[:d], every.mean(axis=0), atol=1e-6)
     assert [r.tolist() for r in streamed.search(queries, 5)] == [r.tolist() for r in at_once.search(queries, 5)]
+
+
+def test_stale_faiss_files_are_brought_up_to_date_without_a_new_index(untrained_default, tmp_path):
+    import dataclasses
+
+    import faiss
+
+    from indexer.catalog import TrackRecord
+    from indexer.index import Index
+    from indexer.vectors import centre, split_id
+    index = Index.open(tmp_path / "index", checkpoint=untrained_default, create=True)
+    index.vectors = dataclasses.replace(index.vectors, exact_max=500)  # 1,200 windows: an IVF index
+    d, d2 = index.manifest["vector_dim"], index.manifest["track_vector_dim"]
+    rng = np.random.default_rng(0)
+
+    def write(t: int) -> np.ndarray:
+        w = rng.standard_normal((100, d)).astype(np.float16)
+        index.catalog.write(TrackRecord(
+            path=f"{t}.wav", size=1, mtime=0.0, hash="h", status="indexed", seconds=1.0, wanted_id=t,
+            latents=np.zeros((1, 2, 2), np.int8), samples=1, windows=w,
+            whole=rng.standard_normal(d2).astype(np.float32)))
+        return w
+
+    for t in range(1, 13):
+        write(t)
+    index.save_faiss()
+    saved = faiss.read_index(str(tmp_path / "index" / "windows-12.faiss"))
+    saved_mean = np.fromfile(tmp_path / "index" / "mean-12.f32", dtype=np.float32)[:d]
+    write(1)  # the same file again, changed
+    new = write(13)
+    index.catalog.remove([5])
+    assert (index.catalog.changed_since(12), index.catalog.changed_since(-1)) == ({1, 5, 13}, None)
+    steps = []
+    gen, windows, _, means = index._build(on_progress=lambda *step: steps.append(step))
+    assert (gen, steps) == (15, [("updating", 1000), ("updating", 1200)])  # tracks 1 and 5 out, 1 and 13 in
+    lists = windows.invlists
+    held = np.concatenate([faiss.rev_swig_ptr(lists.get_ids(k), lists.list_size(k)).copy()
+                           for k in range(windows.nlist) if lists.list_size(k)])
+    tracks, _ = split_id(held)
+    assert sorted(set(tracks.tolist())) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13] and len(held) == 1200
+    # the lists and the mean are those saved: nothing was trained again
+    assert np.array_equal(windows.quantizer.reconstruct_n(0, windows.nlist), saved.quantizer.reconstruct_n(0, saved.nlist))
+    assert np.array_equal(means[:d], saved_mean)
+    _, found = windows.search(centre(new[:5].astype(np.float32), saved_mean), 1)
+    assert split_id(found[:, 0])[0].tolist() == [13] * 5
