@@ -152,7 +152,7 @@ class Index:
         d, d2 = self.manifest["vector_dim"], self.manifest["track_vector_dim"]
         with self.catalog.snapshot():
             gen, n = self.catalog.generation, self.catalog.window_count()
-            windows, mean = self._updated(n, batch, report) or self._built(n, batch, report)
+            windows, mean = self._updated(gen, n, batch, report) or self._built(n, batch, report)
             whole, tid = self.catalog.track_vectors()
         all_tracks = whole if whole is not None else np.zeros((0, d2), np.float32)
         track_mean = all_tracks.mean(axis=0) if len(all_tracks) else np.zeros(d2, np.float32)
@@ -178,21 +178,23 @@ class Index:
             report("adding", windows.ntotal)
         return windows, mean
 
-    def _updated(self, n: int, batch: int, report):
-        """The newest saved window index brought up to date, and its mean; None where a new one is due: no files,
-        changes not recorded since them, another kind of index or a size a quarter or 4 times theirs, or more
-        than a tenth of the tracks changed."""
+    def _updated(self, now: int, n: int, batch: int, report):
+        """The newest saved window index (of generation `now` at most) brought up to date, and its mean.
+
+        None where a new one is due: no files, changes not recorded since them,
+        another kind of index or lists for a quarter or 4 times the size, or more
+        than a tenth of the tracks changed.
+        """
         import faiss
         saved = [(int(p.stem.split("-")[1]), p) for p in self.root.glob("windows-*.faiss")]
         for gen, wpath in sorted(saved, reverse=True):
             mpath = self._derived_files(gen)[2]
-            if mpath.is_file():
+            if gen <= now and mpath.is_file():  # (a writer may have saved a generation this read does not see)
                 break
         else:
             return None
         changed = self.catalog.changed_since(gen)
-        tracks = self.catalog.db.execute("select count(*) from vectors").fetchone()[0]
-        if changed is None or len(changed) > max(10, tracks // 10):
+        if changed is None or len(changed) > max(10, self.catalog.vector_count() // 10):
             return None
         try:
             windows = faiss.read_index(str(wpath))
