@@ -19,8 +19,8 @@ import torch
 from models import Codec, load_codec, model_checksum, shipped_checkpoint
 
 from .catalog import Catalog
-from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, ivf_lists, new_faiss, to_device, training_rows,
-                      window_id)
+from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, index_kind, ivf_lists, new_faiss, to_device,
+                      training_rows, window_id)
 
 FORMAT_VERSION = 2  # 2: window vectors from the codec's pooling head
 DEFAULT_INDEX = Path("muzip-index")
@@ -247,21 +247,24 @@ class Index:
 
     def faiss_type(self) -> str:
         n = self.catalog.stats()["windows"]
-        if n <= self.vectors.exact_max:
+        kind = index_kind(n, self.vectors)
+        if kind == "exact":
             return "IndexFlatIP (exact)"
-        kind = {"ivf-sq8": "IndexIVFScalarQuantizer (8-bit)", "ivf-pq": "IndexIVFPQ"}[self.vectors.approximate]
-        return f"{kind} (nprobe {self.vectors.ivf_nprobe})"
+        return f"{_FAISS_TYPES[kind]}{' (8-bit)' if kind == 'ivf-sq8' else ''} (nprobe {self.vectors.ivf_nprobe})"
 
     def close(self):
         self.catalog.close()
 
 
+_FAISS_TYPES = {"exact": "IndexIDMap2", "ivf-sq8": "IndexIVFScalarQuantizer", "ivf-pq": "IndexIVFPQ"}
+
+
 def _suits(windows, n: int, cfg: VectorConfig) -> bool:
     """Whether a saved window index is the kind `n` windows get, with IVF lists for a quarter to 4 times `n`."""
-    if n <= cfg.exact_max:
-        return type(windows).__name__ == "IndexIDMap2"
-    kind = {"ivf-sq8": "IndexIVFScalarQuantizer", "ivf-pq": "IndexIVFPQ"}[cfg.approximate]
-    return type(windows).__name__ == kind and windows.nlist <= 2 * ivf_lists(n) <= 4 * windows.nlist
+    kind = index_kind(n, cfg)
+    if type(windows).__name__ != _FAISS_TYPES[kind]:
+        return False
+    return kind == "exact" or windows.nlist <= 2 * ivf_lists(n) <= 4 * windows.nlist
 
 
 def _batches(vectors, size: int):

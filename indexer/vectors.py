@@ -50,6 +50,8 @@ class VectorConfig:
                                  # reverberation, energy decaying with this time constant (0: not)
     exact_max: int = 100_000     # above this many windows (about 7 h of audio), an approximate index:
     approximate: str = "ivf-sq8"  # IVF lists of 8-bit scalar-quantized vectors, or "ivf-pq" (product-quantized)
+    sq8_max: int = 20_000_000    # ...but product codes above this many windows (about 1,400 h; 8-bit vectors
+                                 # would take 2.7 GB, product codes take half)
     ivf_nprobe: int = 128        # IVF lists visited per query (approximate index only)
     pq_max_subquantizers: int = 64  # PQ code bytes per vector at most ("ivf-pq" only)
 
@@ -242,9 +244,16 @@ def ivf_lists(n: int) -> int:
     return int(4 * math.sqrt(n))  # FAISS's guidance: 4 to 16 sqrt(n) lists
 
 
+def index_kind(n: int, cfg: VectorConfig) -> str:
+    """The FAISS index `n` window vectors get: "exact", "ivf-sq8" or "ivf-pq"."""
+    if n <= cfg.exact_max:
+        return "exact"
+    return "ivf-pq" if cfg.approximate == "ivf-pq" or n > cfg.sq8_max else cfg.approximate
+
+
 def new_faiss(d: int, n: int, cfg: VectorConfig, training: np.ndarray):
-    """An empty index for `n` vectors of size `d`: exact inner product, or past `cfg.exact_max` an IVF index
-    (`cfg.approximate`) trained on `training` (the vectors at `training_rows(n, cfg)`).
+    """An empty index for `n` vectors of size `d` of `index_kind(n, cfg)`: exact inner product, or an IVF index
+    trained on `training` (the vectors at `training_rows(n, cfg)`).
 
     "ivf-sq8" keeps each vector as `d` bytes, "ivf-pq" as at most
     `pq_max_subquantizers`. At 990,000 windows and nprobe 128, the first found
@@ -252,12 +261,13 @@ def new_faiss(d: int, n: int, cfg: VectorConfig, training: np.ndarray):
     second 92 % in 6.6 ms (BENCHMARKS.md).
     """
     import faiss
-    if n <= cfg.exact_max:
+    kind = index_kind(n, cfg)
+    if kind == "exact":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(d))
-    if cfg.approximate == "ivf-sq8":
+    if kind == "ivf-sq8":
         index = faiss.IndexIVFScalarQuantizer(faiss.IndexFlatIP(d), d, ivf_lists(n), faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
-    elif cfg.approximate == "ivf-pq":
+    elif kind == "ivf-pq":
         m = max(k for k in range(1, cfg.pq_max_subquantizers + 1) if d % k == 0)  # one byte per sub-vector
         index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, ivf_lists(n), m, 8, faiss.METRIC_INNER_PRODUCT)
     else:

@@ -23,6 +23,8 @@ def test_past_the_threshold_the_index_is_approximate():
         "IndexIVFScalarQuantizer", 4000, 252, 128, 180)  # nlist = 4 sqrt(n); a byte per dimension
     pq = build_faiss(v, np.arange(4000, dtype=np.int64), VectorConfig(exact_max=1000, approximate="ivf-pq"))
     assert (type(pq).__name__, pq.nlist, pq.pq.M) == ("IndexIVFPQ", 252, 60)  # 60 one-byte codes for 180 dims
+    big = build_faiss(v, np.arange(4000, dtype=np.int64), VectorConfig(exact_max=1000, sq8_max=3000))
+    assert type(big).__name__ == "IndexIVFPQ"  # past sq8_max, product codes: half the memory
     for index in (sq8, pq):
         _, got = index.search(v[:5], 10)
         assert got[:, 0].tolist() == [0, 1, 2, 3, 4]
