@@ -222,10 +222,6 @@ class Catalog:
     def window_count(self) -> int:
         return self.db.execute("select coalesce(sum(windows), 0) from vectors").fetchone()[0]
 
-    def vector_count(self) -> int:
-        """How many tracks have vectors (the indexed ones)."""
-        return self.db.execute("select count(*) from vectors").fetchone()[0]
-
     def vectors_of(self, track_ids):
         """Yield (track_id, window vectors float16 [W, D], None) of those of `track_ids` that have vectors."""
         ids = sorted(track_ids)

@@ -20,7 +20,7 @@ from models import Codec, load_codec, model_checksum, shipped_checkpoint
 
 from .catalog import Catalog
 from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, index_kind, ivf_lists, new_faiss, to_device,
-                      training_rows, window_id)
+                      split_id, training_rows, window_id)
 
 FORMAT_VERSION = 2  # 2: window vectors from the codec's pooling head
 DEFAULT_INDEX = Path("muzip-index")
@@ -181,9 +181,9 @@ class Index:
     def _updated(self, now: int, n: int, batch: int, report):
         """The newest saved window index (of generation `now` at most) brought up to date, and its mean.
 
-        None where a new one is due: no files, changes not recorded since them,
-        another kind of index or lists for a quarter or 4 times the size, or more
-        than a tenth of the tracks changed.
+        None where a new one is due: no files, changes not recorded since them, an
+        exact index (rebuilt whole: cheap at its size, and centred on the collection's
+        own mean), or another kind of index or lists for a quarter or 4 times the size.
         """
         import faiss
         saved = [(int(p.stem.split("-")[1]), p) for p in self.root.glob("windows-*.faiss")]
@@ -194,7 +194,7 @@ class Index:
         else:
             return None
         changed = self.catalog.changed_since(gen)
-        if changed is None or len(changed) > max(10, self.catalog.vector_count() // 10):
+        if changed is None:
             return None
         try:
             windows = faiss.read_index(str(wpath))
@@ -205,8 +205,10 @@ class Index:
             return None
         if hasattr(windows, "nprobe"):
             windows.nprobe = self.vectors.ivf_nprobe
-        for t in sorted(changed):
-            windows.remove_ids(faiss.IDSelectorRange(window_id(t, 0), window_id(t + 1, 0)))
+        held = _held_ids(windows)
+        gone = held[np.isin(split_id(held)[0], np.fromiter(changed, np.int64, len(changed)))]
+        if len(gone):
+            windows.remove_ids(faiss.IDSelectorBatch(gone))  # one pass over the index, however many tracks
         report("updating", windows.ntotal)
         for v, ids in _batches(self.catalog.vectors_of(changed), batch):
             windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
@@ -256,15 +258,28 @@ class Index:
         self.catalog.close()
 
 
+def _held_ids(windows) -> np.ndarray:
+    """The ids of every vector an IVF window index holds."""
+    import faiss
+    lists = windows.invlists
+    return np.concatenate([np.zeros(0, np.int64)] + [
+        faiss.rev_swig_ptr(lists.get_ids(k), lists.list_size(k)).copy()
+        for k in range(windows.nlist) if lists.list_size(k)])
+
+
 _FAISS_TYPES = {"exact": "IndexIDMap2", "ivf-sq8": "IndexIVFScalarQuantizer", "ivf-pq": "IndexIVFPQ"}
 
 
 def _suits(windows, n: int, cfg: VectorConfig) -> bool:
-    """Whether a saved window index is the kind `n` windows get, with IVF lists for a quarter to 4 times `n`."""
+    """Whether a saved window index is the approximate kind `n` windows get, with lists for a quarter to 4 times `n`.
+
+    An exact index is never brought up to date: rebuilding one takes under a second
+    (100,000 windows at most), and a small collection's mean moves most as it grows.
+    """
     kind = index_kind(n, cfg)
-    if type(windows).__name__ != _FAISS_TYPES[kind]:
+    if kind == "exact" or type(windows).__name__ != _FAISS_TYPES[kind]:
         return False
-    return kind == "exact" or windows.nlist <= 2 * ivf_lists(n) <= 4 * windows.nlist
+    return windows.nlist <= 2 * ivf_lists(n) <= 4 * windows.nlist
 
 
 def _batches(vectors, size: int):

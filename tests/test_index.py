@@ -446,7 +446,7 @@ def test_stale_faiss_files_are_brought_up_to_date_without_a_new_index(untrained_
     import faiss
 
     from indexer.catalog import TrackRecord
-    from indexer.index import Index
+    from indexer.index import Index, _held_ids
     from indexer.vectors import centre, split_id
     index = Index.open(tmp_path / "index", checkpoint=untrained_default, create=True)
     index.vectors = dataclasses.replace(index.vectors, exact_max=500)  # 1,200 windows: an IVF index
@@ -473,9 +473,7 @@ def test_stale_faiss_files_are_brought_up_to_date_without_a_new_index(untrained_
     steps = []
     gen, windows, _, means = index._build(on_progress=lambda *step: steps.append(step))
     assert (gen, steps) == (15, [("updating", 1000), ("updating", 1200)])  # tracks 1 and 5 out, 1 and 13 in
-    lists = windows.invlists
-    held = np.concatenate([faiss.rev_swig_ptr(lists.get_ids(k), lists.list_size(k)).copy()
-                           for k in range(windows.nlist) if lists.list_size(k)])
+    held = _held_ids(windows)
     tracks, _ = split_id(held)
     assert sorted(set(tracks.tolist())) == [1, 2, 3, 4, 6, 7, 8, 9, 10, 11, 12, 13] and len(held) == 1200
     # the lists and the mean are those saved: nothing was trained again
@@ -483,3 +481,25 @@ def test_stale_faiss_files_are_brought_up_to_date_without_a_new_index(untrained_
     assert np.array_equal(means[:d], saved_mean)
     _, found = windows.search(centre(new[:5].astype(np.float32), saved_mean), 1)
     assert split_id(found[:, 0])[0].tolist() == [13] * 5
+
+
+def test_a_stale_exact_index_is_rebuilt_on_the_collections_own_mean(untrained_default, tmp_path):
+    from indexer.catalog import TrackRecord
+    from indexer.index import Index
+    index = Index.open(tmp_path / "index", checkpoint=untrained_default, create=True)
+    d, d2 = index.manifest["vector_dim"], index.manifest["track_vector_dim"]
+    rng = np.random.default_rng(0)
+    every = []
+    for t in range(1, 5):
+        every.append((rng.standard_normal((100, d)) + t).astype(np.float16))  # each track moves the mean
+        index.catalog.write(TrackRecord(
+            path=f"{t}.wav", size=1, mtime=0.0, hash="h", status="indexed", seconds=1.0, wanted_id=t,
+            latents=np.zeros((1, 2, 2), np.int8), samples=1, windows=every[-1],
+            whole=rng.standard_normal(d2).astype(np.float32)))
+        if t == 2:
+            index.save_faiss()
+    steps = []
+    gen, windows, _, means = index._build(on_progress=lambda *step: steps.append(step))
+    assert (gen, type(windows).__name__, windows.ntotal) == (4, "IndexIDMap2", 400)
+    assert steps == [("adding", 0), ("adding", 400)]  # built anew, not updated
+    np.testing.assert_allclose(means[:d], np.concatenate(every).astype(np.float32).mean(axis=0), atol=1e-5)
