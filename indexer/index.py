@@ -19,7 +19,7 @@ import torch
 from models import Codec, load_codec, model_checksum, shipped_checkpoint
 
 from .catalog import Catalog
-from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, index_kind, ivf_lists, new_faiss, to_device,
+from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, for_search, index_kind, ivf_lists, new_faiss,
                       split_id, training_rows, window_id)
 
 FORMAT_VERSION = 2  # 2: window vectors from the codec's pooling head
@@ -131,7 +131,7 @@ class Index:
         else:
             gen, windows, tracks, means = self._build()
         d = self.manifest["vector_dim"]
-        self._searchable = Searchable(gen, to_device(windows), to_device(tracks), means[:d], means[d:])
+        self._searchable = Searchable(gen, for_search(windows), for_search(tracks), means[:d], means[d:])
         return self._searchable
 
     def _build(self, batch: int = 65536, on_progress=None):

@@ -1,6 +1,6 @@
 import numpy as np
 
-from indexer.vectors import FrameGrid, VectorConfig, align, build_faiss, window_id
+from indexer.vectors import FrameGrid, VectorConfig, align, build_faiss, for_search, window_id
 
 
 def test_exact_index_finds_every_stored_vector():
@@ -12,6 +12,19 @@ def test_exact_index_finds_every_stored_vector():
     _, got = index.search(v[:20], 1)
     assert type(index).__name__ == "IndexIDMap2"
     assert got[:, 0].tolist() == ids[:20].tolist()
+
+
+def test_a_searchable_exact_index_finds_a_querys_windows_nearest_neighbours_in_order():
+    # for_search sends the inner products through BLAS: the neighbours are still exactly numpy's
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((3000, 128)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = for_search(build_faiss(v, np.arange(3000, dtype=np.int64), VectorConfig()))
+    queries = v[:16] + 0.5 * rng.standard_normal((16, 128)).astype(np.float32)  # a query's 16 windows
+    sims, got = index.search(queries, 30)
+    expected = np.argsort(-(queries @ v.T), axis=1, kind="stable")[:, :30]
+    assert got.tolist() == expected.tolist()
+    np.testing.assert_allclose(sims, np.take_along_axis(queries @ v.T, expected, axis=1), rtol=1e-5)
 
 
 def test_past_the_threshold_the_index_is_approximate():
