@@ -203,7 +203,7 @@ def main():
                     m = matches[0]
                     if m.track_id == row["id"] and abs(m.offset_s - start) <= TOLERANCE_S:
                         hits += 1
-                        kept += m.score >= searcher.threshold(length)  # still a hit with the default threshold
+                        kept += m.clear  # still a hit with the default no-match threshold
                     else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
                         # (within the hit's tolerance of the start found: MP3 coding delays a clip by ~50 ms)
                         at, tol = int(m.offset_s * sr), int(TOLERANCE_S * sr)

@@ -39,9 +39,13 @@ class VectorConfig:
     scan_neighbours: int = 64    # ...each query window voting with its this many nearest windows in the track (0: all)
     waveform_s: float = 0.5      # re-scoring also compares this much of the clip sample by sample
     waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
-    min_score: float = 0.48      # no-match threshold on the re-scored score (BENCHMARKS.md: its false-match rate)
-    short_extra: float = 0.1     # ...raised by up to this for clips under 2 s (this much at 1 s): their scores are
-                                 # noisier (unindexed 1-s clips: median 0.21, 95th percentile 0.41; 2 s+: 0.14, 0.30)
+    min_score: float = 0.6       # no-match threshold on score + margin_weight x margin (BENCHMARKS.md: its
+                                 # false-match rate), where the margin is the score less the best other track's
+    short_extra: float = 0.0     # ...raised by up to this for clips under 2 s (this much at 1 s), whose scores
+                                 # scatter more (0.1 before the margin counted)
+    margin_weight: float = 0.5   # (0: the score alone) music that is not in the index scores alike in several
+                                 # tracks (margin: median 0.03), a recording of a track stands out (room: 0.27-0.37)
+    score_floor: float = 0.45    # ...and the score itself at least this, however clear the margin
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     spec_floor: float = 1.0      # band energies floored at this times their mean before the log (0: none)
@@ -65,7 +69,7 @@ class VectorConfig:
 
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
-_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
+_BEFORE = {"margin_weight": 0.0, "score_floor": 0.0, "rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq"}
 
 

@@ -217,8 +217,9 @@ def query(
     top: Annotated[int, typer.Option(min=1, help="Matches per clip.")] = 5,
     min_score: Annotated[float | None, typer.Option(
         help="No-match threshold: hide matches scoring below this (-1 to 1; 0 shows every candidate). "
-             "Default: the index's (0.48 for an index built now), raised by 0.1 for a 1-s clip (see "
-             "BENCHMARKS.md for its false-match rate).")] = None,
+             "Default: the index's rule; for an index built now, a match scores at least 0.45 and "
+             "score + 0.5 x (score - the best other track's score) reaches 0.6 (see BENCHMARKS.md for its "
+             "false-match rate).")] = None,
     reconstruct_dir: Annotated[Path | None, typer.Option("--reconstruct", file_okay=False,
                                                          help="Write each match's span, decoded from the "
                                                               "stored latents, as WAV in this folder.")] = None,

@@ -28,10 +28,12 @@ class Match:
     artist: str | None
     genre: str | None
     span_s: float = field(default=0.0, repr=False)  # the clip's length: the matched span is [offset, offset + span]
+    clear: bool = field(default=True, repr=False)  # a match by the default no-match threshold (`Searcher.accepts`)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d.pop("span_s")
+        d.pop("clear")
         return d
 
 
@@ -67,17 +69,25 @@ class Searcher:
         under 2 s (up to `short_extra` at 1 s), whose scores rest on less audio and scatter more."""
         return self.cfg.min_score + self.cfg.short_extra * min(1.0, max(0.0, 2.0 - seconds))
 
+    def accepts(self, score: float, other: float, seconds: float) -> bool:
+        """Whether a candidate scoring `score`, where the best candidate of any other track scored `other`, is a
+        match by default: score + `margin_weight` x (score - other) reaches `threshold(seconds)`, and the score
+        `score_floor`. Music that is not in the index scores alike in several tracks; a recording of a track,
+        even a room's, stands out from the rest."""
+        cfg = self.cfg
+        return score >= cfg.score_floor and score + cfg.margin_weight * (score - other) >= self.threshold(seconds)
+
     def search(self, x: np.ndarray, top: int = 5, min_score: float | None = None) -> list[Match]:
         """Best tracks for mono clip `x` at the model's rate, with where in each the clip starts.
 
-        Matches scoring under `min_score` (default: `threshold()` for this clip's
-        length, the no-match threshold) are left out, so a clip of unknown music
-        gets `[]`.
+        Matches scoring under `min_score` are left out; by default, those that
+        `accepts()` does not take (the no-match threshold), so a clip of unknown
+        music gets `[]`.
         """
         model, sr = self.index.model, self.index.model.cfg.sample_rate
         if len(x) < self.min_seconds * sr:
             raise ClipTooShort(f"clip is {len(x) / sr:.2f} s; the minimum is {self.min_seconds:g} s")
-        min_score = self.threshold(len(x) / sr) if min_score is None else min_score
+        seconds = len(x) / sr
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
@@ -103,23 +113,27 @@ class Searcher:
             tracks.add(c[0])
         clip = _Clip(x)
         hits = self._verify(clip, [(*self._rescore(clip, tid, offset), False) for tid, offset, _ in candidates])
+        if self.cfg.margin_weight and len(tracks) == 1 and self.cfg.score_floor <= hits[0][2] < self.threshold(seconds):
+            # only its margin can make the best a match, and no other track was re-scored: the next one in the vote
+            hits = self._verify(clip, hits + [(*self._rescore(clip, tid, offset), False)
+                                              for tid, offset, _ in [c for c in voted if c[0] not in tracks][:1]])
         # a match (by the default threshold, whatever `min_score`): is it at its track's right start? Only then,
         # so that more starts tried cannot turn music that is not in the index into a match; and only where the
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
         # one or few windows vote too weakly to scan a track with)
-        if self.cfg.scan and most == self.cfg.rescore and hits[0][2] >= self.threshold(len(x) / sr):
+        if self.cfg.scan and most == self.cfg.rescore and self.accepts(hits[0][2], _other(hits, 0), seconds):
             best = hits[0][0]
             tried = [h[1] for h in candidates + hits if h[0] == best]
             more = self._scan(qv, qt, best, s.mean, tried)
             hits = self._verify(clip, hits + [(*self._rescore(clip, best, o), False) for o in more])
-        rescored = [h[:3] for h in hits]
-        found = [h for h in rescored if h[2] >= min_score]
         seen: set[int] = set()
-        found = [h for h in found if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
-        rows = self.index.catalog.tracks(t for t, _, _ in found[:top])
-        span = len(x) / sr
+        found = [(*h[:3], self.accepts(h[2], _other(hits, i), seconds)) for i, h in enumerate(hits)
+                 if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
+        found = [h for h in found if (h[3] if min_score is None else h[2] >= min_score)]
+        rows = self.index.catalog.tracks(h[0] for h in found[:top])
         return [Match(tid, rows[tid]["path"], round(off, 3), round(score, 4), rows[tid]["title"],
-                      rows[tid]["artist"], rows[tid]["genre"], span) for tid, off, score in found[:top]]
+                      rows[tid]["artist"], rows[tid]["genre"], seconds, clear)
+                for tid, off, score, clear in found[:top]]
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,
               per_track: int | None = None) -> list[tuple[int, float, float]]:
@@ -264,3 +278,8 @@ class Searcher:
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         x = load(path, self.index.model.cfg.sample_rate)
         return self.search(x, top, min_score)
+
+
+def _other(hits: list[tuple], i: int) -> float:
+    """The best score in `hits` (best first) of a track other than hit `i`'s; 0 where there is none."""
+    return next((h[2] for h in hits if h[0] != hits[i][0]), 0.0)

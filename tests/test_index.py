@@ -101,6 +101,17 @@ def test_unindexed_music_gets_no_match_and_indexed_music_a_match(built, tmp_path
     assert shown and max(m["score"] for m in shown) < 0.5
 
 
+def test_a_match_must_stand_out_from_the_other_tracks(built):
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    assert (searcher.cfg.min_score, searcher.cfg.margin_weight, searcher.cfg.score_floor) == (0.6, 0.5, 0.45)
+    # (score, the best other track's score): a clear margin lifts a low score, a close one sinks it; under the
+    # floor nothing is a match; two tracks that hold the same audio both are
+    cases = [(0.55, 0.2), (0.55, 0.5), (0.44, 0.0), (0.6, 0.6), (0.9, 0.89)]
+    assert [searcher.accepts(score, other, 3.0) for score, other in cases] == [True, False, False, True, True]
+
+
 def test_query_json_shape(built, tmp_path):
     index_dir, _ = built
     sf.write(tmp_path / "a.flac", np.stack([cut(4, 1.5, 2.0)] * 2, axis=1), SR)  # stereo FLAC

@@ -95,3 +95,8 @@ def test_a_rooms_decay_makes_each_frames_energy_ring_on():
     np.testing.assert_allclose(dry[:, 0], [0, 1, 0, 0, 0, 0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(wet[:, 0], [0, *w, 0], atol=1e-6)
     np.testing.assert_allclose(wet[:, 1], 0, atol=1e-6)
+
+
+def test_an_index_built_before_the_margin_keeps_its_threshold_on_the_score_alone():
+    old = VectorConfig.from_dict({"min_score": 0.48, "short_extra": 0.1})
+    assert (old.min_score, old.short_extra, old.margin_weight, old.score_floor) == (0.48, 0.1, 0.0, 0.0)
