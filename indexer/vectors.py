@@ -69,8 +69,9 @@ class VectorConfig:
 
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
-_BEFORE = {"margin_weight": 0.0, "score_floor": 0.0, "rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
-           "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq"}
+_BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
+           "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
+           "score_floor": 0.0}
 
 
 @dataclass(frozen=True)

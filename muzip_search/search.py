@@ -85,9 +85,9 @@ class Searcher:
         music gets `[]`.
         """
         model, sr = self.index.model, self.index.model.cfg.sample_rate
-        if len(x) < self.min_seconds * sr:
-            raise ClipTooShort(f"clip is {len(x) / sr:.2f} s; the minimum is {self.min_seconds:g} s")
         seconds = len(x) / sr
+        if seconds < self.min_seconds:
+            raise ClipTooShort(f"clip is {seconds:.2f} s; the minimum is {self.min_seconds:g} s")
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
@@ -103,7 +103,7 @@ class Searcher:
         # the vote is clear, several when a loop's repeats or similar tracks split it; every match shown is
         # re-scored, so all scores are on one scale; a short clip is cheap to re-score and its few windows vote
         # less clearly, so more of its candidates are
-        most = max(self.cfg.rescore, int(self.cfg.rescore_seconds / min(len(x) / sr, self.cfg.rescore_max_s)))
+        most = max(self.cfg.rescore, int(self.cfg.rescore_seconds / min(seconds, self.cfg.rescore_max_s)))
         close = min(most, sum(v >= self.cfg.rescore_ratio * voted[0][2] for _, _, v in voted))
         candidates, tracks = [], set()
         for i, c in enumerate(voted):
