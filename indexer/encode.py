@@ -1,6 +1,6 @@
 """Whole signals and files through the codec, in batches of chunks.
 
-`encode_signal`/`decode_latents` work in memory; `encode_file` streams a file of
+`encode_signal`/`decode_latents`/`decode_span` work in memory; `encode_file` streams a file of
 any length, so a 2-hour track is encoded in bounded memory.
 """
 from collections.abc import Iterator
@@ -33,14 +33,27 @@ def encode_signal(model: Codec, x: np.ndarray, batch: int = 64) -> torch.Tensor:
     return encode_chunks(model, chunks(x, model.cfg.chunk), batch)
 
 
-@torch.no_grad()
 def decode_latents(model: Codec, z: torch.Tensor, length: int | None = None, batch: int = 64) -> np.ndarray:
     """Latents `[N, C, F]` -> mono `[N * chunk]` float32 (cut to `length` when given)."""
+    return decode_span(model, z, 0, length, batch)
+
+
+@torch.no_grad()
+def decode_span(model: Codec, z: torch.Tensor, start: int = 0, end: int | None = None,
+                batch: int = 64) -> np.ndarray:
+    """Samples [start, end) of latents `[N, C, F]` decoded end to end (`[N * chunk]`; default: to the end),
+    `batch` chunks at a time, decoding only the latent frames that reach them."""
     device = next(model.parameters()).device
-    out = [model.decode(z[i:i + batch].to(device)).cpu() for i in range(0, len(z), batch)]
+    chunk = model.cfg.chunk
+    end = len(z) * chunk if end is None else min(end, len(z) * chunk)
+    out = []
+    for i in range(max(start, 0) // chunk // batch * batch, len(z), batch):
+        lo, hi = i * chunk, min(i + batch, len(z)) * chunk
+        if lo >= end:
+            break
+        out.append(model.decode_span(z[i:i + batch].to(device), max(start, lo) - lo, min(end, hi) - lo).cpu())
     _sync(device)
-    y = torch.cat(out).reshape(-1).numpy() if out else np.zeros(0, np.float32)
-    return y[:length] if length is not None else y
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
 
 def chunk_stream(path: Path, sample_rate: int, chunk: int) -> Iterator[tuple[np.ndarray, int]]:

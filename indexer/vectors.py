@@ -177,13 +177,18 @@ def _band_matrix(sr: int, n_fft: int, bands: int) -> torch.Tensor:
     return torch.from_numpy(m)
 
 
+@functools.lru_cache(maxsize=4)
+def _hann(n: int) -> torch.Tensor:
+    return torch.hann_window(n)
+
+
 def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> torch.Tensor:
     """Energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`."""
     n_fft, hop = 2048, max(1, int(round(cfg.spec_hop_s * sr)))
     if len(x) < n_fft:
         x = np.pad(x, (0, n_fft - len(x)))
     spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), n_fft, hop,
-                      window=torch.hann_window(n_fft), center=False, return_complex=True)  # [bins, T]
+                      window=_hann(n_fft), center=False, return_complex=True)  # [bins, T]
     return (spec.real ** 2 + spec.imag ** 2).T @ _band_matrix(sr, n_fft, cfg.spec_bands)
 
 

@@ -20,10 +20,13 @@ _ACTIVATIONS = {"tanh": nn.Tanh, "gelu": nn.GELU, "relu": nn.ReLU}
 class Codec(nn.Module):
     """Waveform chunks `[B, chunk]` in [-1, 1] <-> latents `[B, C, F]` in [-1, 1].
 
-    Subclasses define `latents` (continuous, tanh-bounded) and `synthesize`.
-    `encode` returns latents as stored: float32 for the paper's models, int8 for
-    8-bit models; `decode` accepts either and returns `[B, chunk]`. A codec with a
-    `head` also turns windows of latents into search vectors (`embed`).
+    Subclasses define `latents` (continuous, tanh-bounded) and `frames`: the
+    decoder, which works latent frame by latent frame, each giving a window of
+    `cfg.kernel` samples; windows `cfg.frame` apart are overlap-added, the first
+    `pad` samples dropped. `encode` returns latents as stored: float32 for the
+    paper's models, int8 for 8-bit models; `decode` accepts either and returns
+    `[B, chunk]`, and `decode_span` any stretch of it. A codec with a `head`
+    also turns windows of latents into search vectors (`embed`).
     """
 
     DECODER: tuple[str, ...] = ()  # names of the submodules that make up the decoder
@@ -40,8 +43,17 @@ class Codec(nn.Module):
     def latents(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
+    def frames(self, z: torch.Tensor) -> torch.Tensor:
+        """Float latents `[B, C, F]` -> sample windows `[B, kernel, F]`, each from its own latent frame."""
         raise NotImplementedError
+
+    @property
+    def pad(self) -> int:
+        """Samples before the chunk's first that the first window covers."""
+        return (self.cfg.kernel - self.cfg.frame) // 2
+
+    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
+        return _overlap_add(self.frames(z), self.cfg.frame, self.pad, self.cfg.chunk) / self.cfg.scale
 
     @property
     def levels(self) -> int:
@@ -70,6 +82,38 @@ class Codec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Stored latents `[B, C, F]` -> chunks `[B, chunk]`, clamped to [-1, 1]."""
         return self.synthesize(self.dequantize(latents)).clamp(-1.0, 1.0)
+
+    @torch.no_grad()
+    def decode_span(self, latents: torch.Tensor, start: int, end: int) -> torch.Tensor:
+        """Samples [start, end) of `decode(latents)` laid end to end (`[N * chunk]`), as `[end - start]`.
+
+        Only the latent frames whose windows reach those samples are decoded: re-scoring a search
+        candidate wants 2.5 s of a track, which whole chunks would make 3 or 4 s.
+        """
+        chunk, hop, window, pad = self.cfg.chunk, self.cfg.frame, self.cfg.kernel, self.pad
+        z = self.dequantize(latents)
+        spans = []  # (chunk, its first and end frame, first and end sample) for each chunk reached
+        for i in range(max(start, 0) // chunk, min(-(-end // chunk), len(z))):
+            a, b = max(start - i * chunk, 0), min(end - i * chunk, chunk)
+            # frame j's window covers samples [j * hop - pad, j * hop - pad + window) of its chunk
+            spans.append((i, max(0, (a + pad - window) // hop + 1), min(z.shape[2], -(-(b + pad) // hop)), a, b))
+        if not spans:
+            return torch.zeros(0, device=z.device)
+        # the decoder works frame by frame, so every chunk's frames go through it at once; then one overlap-add,
+        # a silent window between chunks keeping theirs apart (a window spans at most two hops)
+        windows = self.frames(torch.cat([z[i, :, j0:j1] for i, j0, j1, _, _ in spans], dim=1)[None])[0]
+        silence = windows.new_zeros(window, 1)
+        parts, at, k = [], [], 0
+        for _, j0, j1, _, _ in spans:
+            at.append(k + len(at))  # where the chunk's first window lies among all, silences counted
+            parts += [windows[:, k:k + j1 - j0], silence]
+            k += j1 - j0
+        y = _overlap_add(torch.cat(parts, dim=1)[None], hop, 0, hop * (k + len(spans) - 1) + window)[0]
+        out = []
+        for s, (_, j0, _, a, b) in zip(at, spans):
+            first = hop * s - (j0 * hop - pad)  # y[first] is the chunk's sample 0 (y[hop * s]: j0 * hop - pad)
+            out.append(y[first + a:first + b])
+        return (torch.cat(out) / self.cfg.scale).clamp(-1.0, 1.0)
 
     @property
     def window_frames(self) -> int:
@@ -119,13 +163,8 @@ class PaperCodec(Codec):
     def latents(self, x: torch.Tensor) -> torch.Tensor:
         return self.encoder(x.unsqueeze(1) * self.cfg.scale)  # [B, C, F]
 
-    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
-        frames = self.decoder(z)  # [B, kernel, F]
-        if not self.cfg.overlap:
-            y = frames.transpose(1, 2).reshape(z.shape[0], -1)  # frame after frame, as Keras' Flatten
-        else:
-            y = _overlap_add(frames, self.cfg.frame, (self.cfg.kernel - self.cfg.frame) // 2, self.cfg.chunk)
-        return y / self.cfg.scale
+    def frames(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)  # without overlap, windows of `frame` laid frame after frame, as Keras' Flatten
 
 
 def _overlap_add(frames: torch.Tensor, hop: int, pad: int, length: int) -> torch.Tensor:
@@ -181,10 +220,12 @@ class LappedCodec(Codec):
         h = self.analysis(x.unsqueeze(1) * self.cfg.scale) / self.GAIN  # [B, bins, F]
         return torch.tanh(self.enc_skip(h) + self.enc_mlp(h))  # [B, C, F]
 
-    def synthesize(self, z: torch.Tensor) -> torch.Tensor:
-        u = self.dec_skip(z) + self.dec_mlp(z)  # [B, bins, F]
-        frames = self.synthesis(u)  # [B, 2 * frame, F]
-        return _overlap_add(frames, self.cfg.frame, self.cfg.frame, self.cfg.chunk) / self.cfg.scale
+    def frames(self, z: torch.Tensor) -> torch.Tensor:
+        return self.synthesis(self.dec_skip(z) + self.dec_mlp(z))  # [B, bins, F] -> [B, 2 * frame, F]
+
+    @property
+    def pad(self) -> int:
+        return self.cfg.frame  # one frame more than the chunk holds: every sample lies under two windows
 
 
 def build_codec(cfg: CodecConfig) -> Codec:

@@ -5,7 +5,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from indexer.encode import decode_latents
+from indexer.encode import decode_span
 from indexer.index import Index
 
 
@@ -23,8 +23,7 @@ def reconstruct(index: Index, track_id: int, start_s: float = 0.0, end_s: float 
     end = samples if end_s is None else min(samples, max(start, int(round(end_s * cfg.sample_rate))))
     first, last = start // cfg.chunk, -(-end // cfg.chunk)
     z, _ = index.catalog.latents(track_id, first, last)
-    y = decode_latents(index.model, torch.from_numpy(z.copy()))
-    return y[start - first * cfg.chunk:end - first * cfg.chunk]
+    return decode_span(index.model, torch.from_numpy(z.copy()), start - first * cfg.chunk, end - first * cfg.chunk)
 
 
 def write_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:

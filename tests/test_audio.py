@@ -105,6 +105,19 @@ def test_chunks_pad_the_last_one():
     assert c.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1], [1, 1, 0, 0]]
 
 
+def test_a_span_decodes_as_the_whole_signal_across_batches_of_chunks():
+    import torch
+
+    from indexer.encode import decode_latents, decode_span, encode_signal
+    from models import build_codec, preset
+    torch.manual_seed(0)
+    m = build_codec(preset("tiny")).eval()
+    z = encode_signal(m, sine_mix(2.5, 8000), batch=2)  # 5 chunks of 4,000
+    whole = decode_latents(m, z)
+    for a, b in [(0, None), (3000, 9000), (7999, 16001), (12000, 12000), (15000, 19000)]:
+        np.testing.assert_allclose(decode_span(m, z, a, b, batch=2), whole[a:b], atol=1e-6)
+
+
 def test_collection_finds_audio_and_splits_by_track(music_dir):
     paths = find_audio(music_dir)
     assert [p.relative_to(music_dir).as_posix() for p in paths] == [
