@@ -55,7 +55,7 @@ def test_a_span_decodes_like_the_whole_chunks_it_lies_in():
     # only the frames that reach the span are decoded, yet every sample is the whole decode's: for each
     # layout of windows (lapped; the paper's overlapped and frame-after-frame), at chunk edges and inside
     torch.manual_seed(0)
-    spans = [(0, 4000), (1234, 2345), (3999, 4001), (3900, 12000), (7999, 8000), (5, 5), (11000, 12000)]
+    spans = [(0, 4000), (1234, 2345), (3999, 4001), (3900, 12000), (7999, 8000), (5, 5), (11000, 12000), (0, 12000)]
     for cfg in [preset("tiny"), replace(preset("m3"), chunk=4000, overlap=True),
                 replace(preset("m3"), chunk=4000)]:
         m = build_codec(cfg).eval()
