@@ -104,27 +104,44 @@ def cut(x: np.ndarray, length: float, cond: str, sr: int, rng) -> tuple[float, n
     return start, clean, CONDITIONS[cond](clean, sr, int(rng.integers(1 << 31)))
 
 
-def false_matches(searcher: Searcher, files: list[Path], args, rng, sr: int) -> dict:
+def loaded(cache: dict[str, np.ndarray], path, sr: int) -> np.ndarray:
+    """A file's audio at `sr`, decoded once."""
+    if str(path) not in cache:
+        cache[str(path)] = load(path, sr)
+    return cache[str(path)]
+
+
+def same_audio(clean: np.ndarray, m, sr: int, cache: dict[str, np.ndarray]) -> float | None:
+    """Waveform correlation of a clip's clean audio with the original file of the track it was matched to, at the
+    best lag within the hit's tolerance of the start found (MP3 coding delays a clip by ~50 ms): over 0.95, the
+    same audio is in that file (a loop's repeat, another clip of one song). None for a `--decoys` copy."""
+    if m.path.startswith(DECOY):
+        return None
+    at, tol = int(m.offset_s * sr), int(TOLERANCE_S * sr)
+    return round(align(clean[:, None], loaded(cache, m.path, sr)[:, None], at - tol, at + tol)[1], 4)
+
+
+def false_matches(searcher: Searcher, files: list[Path], args, rng, sr: int, cache: dict[str, np.ndarray]) -> dict:
     """Share of clips of unindexed music (per length and condition) that get any match."""
     out = {}
-    cache: dict[Path, np.ndarray] = {}
     examples = []
     for length in [float(v) for v in args.lengths.split(",")]:
         for cond in args.conditions.split(","):
             wrong = n = 0
             for _ in range(args.queries):
                 f = files[rng.integers(len(files))]
-                got = cut(cache.setdefault(f, load(f, sr)), length, cond, sr, rng)
+                got = cut(loaded(cache, f, sr), length, cond, sr, rng)
                 if got is None:
                     continue
-                start, _, clip = got
+                start, clean, clip = got
                 n += 1
                 matches = searcher.search(clip, top=1)
                 if matches:
                     wrong += 1
+                    m = matches[0]
                     examples.append({"clip": f"{cond} {length:g}s", "file": str(f), "start_s": round(start, 2),
-                                     "match": matches[0].path, "offset_s": matches[0].offset_s,
-                                     "score": matches[0].score})
+                                     "match": m.path, "offset_s": m.offset_s, "score": m.score,
+                                     "waveform_corr": same_audio(clean, m, sr, cache)})
             out[f"{cond} {length:g}s"] = {"queries": n, "false_match": round(wrong / n, 4)}
             print(f"{cond:>6} {length:>4g} s, not indexed: false match {wrong / n:.1%} over {n}", file=sys.stderr)
     out["matches"] = examples  # every false match, to see what the unindexed clip was taken for
@@ -176,22 +193,17 @@ def main():
         rows = list(index.catalog.db.query("select id, path, seconds from tracks where status = 'indexed' "
                                            "and path not like ? order by id", [DECOY + "%"]))
         rng = np.random.default_rng(args.seed)
-        cache: dict[int, np.ndarray] = {}
+        cache: dict[str, np.ndarray] = {}
 
-        def audio(tid: int, path: str) -> np.ndarray:
-            if tid not in cache:
-                cache[tid] = load(path, sr)
-            return cache[tid]
-
-        searcher.search(audio(rows[0]["id"], rows[0]["path"])[: 2 * sr])  # warm up (FAISS load)
-        results, latency = {}, {}
+        searcher.search(loaded(cache, rows[0]["path"], sr)[: 2 * sr])  # warm up (FAISS load)
+        results, latency, misses = {}, {}, []
         for length in [float(v) for v in args.lengths.split(",")]:
             for cond in args.conditions.split(","):
                 hits = kept = dups = 0
                 times = []
                 for q in range(args.queries):
                     row = rows[rng.integers(len(rows))]
-                    got = cut(audio(row["id"], row["path"]), length, cond, sr, rng)
+                    got = cut(loaded(cache, row["path"], sr), length, cond, sr, rng)
                     if got is None:
                         continue
                     start, clean, clip = got
@@ -205,11 +217,11 @@ def main():
                         hits += 1
                         kept += m.clear  # still a hit with the default no-match threshold
                     else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
-                        # (within the hit's tolerance of the start found: MP3 coding delays a clip by ~50 ms)
-                        at, tol = int(m.offset_s * sr), int(TOLERANCE_S * sr)
-                        if not m.path.startswith(DECOY) and align(
-                                clean[:, None], audio(m.track_id, m.path)[:, None], at - tol, at + tol)[1] > 0.95:
-                            dups += 1
+                        corr = same_audio(clean, m, sr, cache)
+                        dups += corr is not None and corr > 0.95
+                        misses.append({"clip": f"{cond} {length:g}s", "file": row["path"], "start_s": round(start, 2),
+                                       "match": m.path, "offset_s": m.offset_s, "score": m.score, "clear": m.clear,
+                                       "waveform_corr": corr})
                 n = len(times)
                 results[f"{cond} {length:g}s"] = {"queries": n, "top1": round(hits / n, 4),
                                                  "top1_thresholded": round(kept / n, 4),
@@ -218,8 +230,9 @@ def main():
                 print(f"{cond:>6} {length:>4g} s: top-1 {hits / n:.1%}, {kept / n:.1%} with the no-match threshold "
                       f"(+{dups / n:.1%} same audio elsewhere) over {n}", file=sys.stderr)
         out["hit_rate"] = results
+        out["misses"] = misses  # every wrong best candidate, with what it was taken for
         if args.unindexed:
-            out["false_match"] = false_matches(searcher, find_audio(args.unindexed), args, rng, sr)
+            out["false_match"] = false_matches(searcher, find_audio(args.unindexed), args, rng, sr, cache)
         out["latency_ms"] = {k: {"p50": round(1000 * float(np.percentile(v, 50)), 1),
                                  "p95": round(1000 * float(np.percentile(v, 95)), 1)} for k, v in latency.items()}
         index.close()
