@@ -37,6 +37,10 @@ class VectorConfig:
     scan_ratio: float = 0.95     # its starts re-scored, those with this share of its best start's votes (a loop's
                                  # repeats can crowd the true start out of the nearest neighbours)
     scan_neighbours: int = 64    # ...each query window voting with its this many nearest windows in the track (0: all)
+    tie_score: float = 0.05      # other starts within this of a best one's score (another clip of the song, a loop's
+    tie_from: float = 0.8        # repeat), where the best is a sure copy (this or more): their tracks scanned too,
+    tie_tracks: int = 4          # then the vote's others, up to this many,
+    tie_starts: int = 3          # ...and up to this many of the starts each one offers re-scored
     waveform_s: float = 0.5      # re-scoring also compares this much of the clip sample by sample
     waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
     min_score: float = 0.6       # no-match threshold on score + margin_weight x margin (BENCHMARKS.md: its
@@ -71,7 +75,7 @@ class VectorConfig:
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
-           "score_floor": 0.0}
+           "score_floor": 0.0, "tie_score": 0.0}
 
 
 @dataclass(frozen=True)
@@ -153,7 +157,8 @@ def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, 
     seg = track[lo:hi + tq].astype(np.float64)  # [L + Tq - 1, C]
     q = query.astype(np.float64)
     q = q - q.mean(axis=0)  # centred per channel: the window's own means then drop out of the dot products
-    size = 1 << (len(seg) + tq - 1).bit_length()
+    # circular correlation: lag + t stays under len(seg) for every lag wanted, so nothing wraps
+    size = 1 << (len(seg) - 1).bit_length()
     corr = np.fft.irfft(np.fft.rfft(seg, size, axis=0) * np.conj(np.fft.rfft(q, size, axis=0)), size, axis=0)
     dots = corr[: hi - lo + 1].sum(axis=1)  # [L]: sum over channels and time of window * centred query
     c1 = np.concatenate([np.zeros((1, seg.shape[1])), np.cumsum(seg, axis=0)])
@@ -167,14 +172,16 @@ def align(query: np.ndarray, track: np.ndarray, lo: int, hi: int) -> tuple[int, 
 
 
 @functools.lru_cache(maxsize=8)
-def _band_matrix(sr: int, n_fft: int, bands: int) -> torch.Tensor:
-    """`[n_fft / 2 + 1, bands]` 0/1 matrix summing FFT bins into log-spaced bands from 150 Hz to 4 kHz."""
+def _band_matrix(sr: int, n_fft: int, bands: int) -> tuple[slice, torch.Tensor]:
+    """(the FFT bins that fall in a band, `[bins, bands]` 0/1 matrix summing them into log-spaced bands from
+    150 Hz to 4 kHz): 180 of 1,025 bins at 44.1 kHz, so only those are squared and summed."""
     freqs = np.fft.rfftfreq(n_fft, 1 / sr)
     band = np.digitize(freqs, np.geomspace(150.0, 4000.0, bands + 1)) - 1  # -1 and `bands` fall outside
-    m = np.zeros((len(freqs), bands), np.float32)
-    inside = (band >= 0) & (band < bands)
-    m[np.nonzero(inside)[0], band[inside]] = 1.0
-    return torch.from_numpy(m)
+    inside = np.nonzero((band >= 0) & (band < bands))[0]
+    rows = slice(int(inside[0]), int(inside[-1]) + 1)  # the bands are contiguous
+    m = np.zeros((rows.stop - rows.start, bands), np.float32)
+    m[inside - rows.start, band[inside]] = 1.0
+    return rows, torch.from_numpy(m)
 
 
 @functools.lru_cache(maxsize=4)
@@ -189,7 +196,9 @@ def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> torch.Tensor:
         x = np.pad(x, (0, n_fft - len(x)))
     spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), n_fft, hop,
                       window=_hann(n_fft), center=False, return_complex=True)  # [bins, T]
-    return (spec.real ** 2 + spec.imag ** 2).T @ _band_matrix(sr, n_fft, cfg.spec_bands)
+    rows, m = _band_matrix(sr, n_fft, cfg.spec_bands)
+    spec = spec[rows]
+    return (spec.real ** 2 + spec.imag ** 2).T @ m
 
 
 def log_bands(energies: torch.Tensor, cfg: VectorConfig, decay_s: float = 0.0) -> np.ndarray:

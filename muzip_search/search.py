@@ -1,9 +1,11 @@
 """Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
@@ -53,12 +55,18 @@ class _Clip:
 
 
 class Searcher:
-    """Answers queries against one index; the model and FAISS indexes are loaded once."""
+    """Answers queries against one index; the model and FAISS indexes are loaded once.
 
-    def __init__(self, index: Index):
+    A query runs on `threads` threads of torch and FAISS (the process's own settings are put back after it):
+    its operations are small, and on a 2-core machine a second thread cost more in hand-offs than it gained
+    (a 5-s query 87 -> 64 ms p50, BENCHMARKS.md).
+    """
+
+    def __init__(self, index: Index, threads: int | None = 1):
         self.index = index
         self.cfg = index.vectors
         self.grid = index.grid
+        self.threads = threads
 
     @property
     def min_seconds(self) -> float:
@@ -84,17 +92,17 @@ class Searcher:
         `accepts()` does not take (the no-match threshold), so a clip of unknown
         music gets `[]`.
         """
-        model, sr = self.index.model, self.index.model.cfg.sample_rate
-        seconds = len(x) / sr
+        with threads(self.threads):
+            return self._search(x, top, min_score)
+
+    def _search(self, x: np.ndarray, top: int, min_score: float | None) -> list[Match]:
+        seconds = len(x) / self.index.model.cfg.sample_rate
         if seconds < self.min_seconds:
             raise ClipTooShort(f"clip is {seconds:.2f} s; the minimum is {self.min_seconds:g} s")
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
-        latents = encode_signal(model, x).numpy()
-        frames = self.grid.frames(len(x), sr)
-        qv, qt = window_vectors(model, latents, self.grid, self.cfg.query_hop_s, frames, limit=self.cfg.query_windows)
-        qv = centre(qv, s.mean)
+        qv, qt = self._windows(x, s.mean)
         sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
         voted = self._vote(sims, ids, qt)
         if not voted:
@@ -126,6 +134,7 @@ class Searcher:
             tried = [h[1] for h in candidates + hits if h[0] == best]
             more = self._scan(qv, qt, best, s.mean, tried)
             hits = self._verify(clip, hits + [(*self._rescore(clip, best, o), False) for o in more])
+            hits = self._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in candidates + hits], hits)
         seen: set[int] = set()
         found = [(*h[:3], self.accepts(h[2], _other(hits, i), seconds)) for i, h in enumerate(hits)
                  if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
@@ -134,6 +143,14 @@ class Searcher:
         return [Match(tid, rows[tid]["path"], round(off, 3), round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], seconds, clear)
                 for tid, off, score, clear in found[:top]]
+
+    def _windows(self, x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`."""
+        model = self.index.model
+        latents = encode_signal(model, x).numpy()
+        frames = self.grid.frames(len(x), model.cfg.sample_rate)
+        qv, qt = window_vectors(model, latents, self.grid, self.cfg.query_hop_s, frames, limit=self.cfg.query_windows)
+        return centre(qv, mean), qt
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,
               per_track: int | None = None) -> list[tuple[int, float, float]]:
@@ -221,6 +238,32 @@ class Searcher:
             hits.sort(key=lambda h: -h[2])
         return hits
 
+    def _settle(self, clip: _Clip, qv: np.ndarray, qt: np.ndarray, mean: np.ndarray,
+                voted: list[tuple[int, float, float]], tried: list[tuple[int, float]],
+                hits: list[tuple[int, float, float, bool]]) -> list[tuple[int, float, float, bool]]:
+        """Where other tracks' starts score within `tie_score` of a sure best one (at least `tie_from`: this very
+        recording), scan those tracks too (up to `tie_tracks`) for starts not yet tried, as the best one's was.
+
+        A song cut into several clips, or a loop, holds the same bars in many places, so near copies fill the
+        query windows' nearest neighbours and the vote may not offer the true start at all; the copies then
+        score alike, and the true start, once re-scored, above them. `tried`: the (track, start) pairs
+        re-scored so far; `hits` as in `_verify`, best first; returned best first.
+        """
+        cfg = self.cfg
+        best = hits[0]
+        if cfg.tie_score <= 0 or best[2] < cfg.tie_from:
+            return hits
+        tied = [h[0] for h in hits if h[0] != best[0] and h[2] >= best[2] - cfg.tie_score]
+        if not tied:
+            return hits
+        # those tracks first, then the vote's others, in its order: the true start's track may not have been re-scored
+        tracks = [t for t in dict.fromkeys(tied + [c[0] for c in voted]) if t != best[0]][:cfg.tie_tracks]
+        more = []
+        for tid in tracks:
+            starts = self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:cfg.tie_starts]
+            more += [(*self._rescore(clip, tid, o), False) for o in starts]
+        return self._verify(clip, hits + more)
+
     def _rescore(self, clip: _Clip, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:
         """Re-score a candidate against its span decoded from the stored latents.
@@ -278,6 +321,24 @@ class Searcher:
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         x = load(path, self.index.model.cfg.sample_rate)
         return self.search(x, top, min_score)
+
+
+@contextmanager
+def threads(n: int | None):
+    """Run the block on `n` torch and FAISS (OpenMP) threads, then put the process's settings back; None: as
+    they are."""
+    if n is None:
+        yield
+        return
+    import faiss
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    torch.set_num_threads(n)
+    faiss.omp_set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        faiss.omp_set_num_threads(before[1])
 
 
 def _other(hits: list[tuple], i: int) -> float:

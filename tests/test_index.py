@@ -403,6 +403,55 @@ def test_a_loops_true_start_is_found_when_its_repeats_crowd_the_neighbours(untra
     assert found(scan=3) == [0.0, 0.0, 0.0, 0.0]  # the track's own windows all compared: the true start
 
 
+def test_near_copies_of_a_clip_in_other_tracks_have_those_tracks_scanned_for_the_true_start(untrained_default,
+                                                                                        tmp_path):
+    import dataclasses
+
+    from indexer.index import Index
+    from muzip_search.search import Searcher, _Clip
+    # three clips of one song: the same 5-s passage, each with a little of its own counter-melody (-16 dB)
+    passage = song(5.0, seed=50)
+    for name, seed in [("a", 61), ("b", 62), ("c", 63)]:
+        sf.write(tmp_path / f"{name}.wav", passage + 0.15 * song(5.0, seed=seed), SR)
+    sf.write(tmp_path / "other.wav", song(5.0, seed=1), SR)
+    assert cli("index", tmp_path, "--index", tmp_path / "idx", "--checkpoint", untrained_default).exit_code == 0
+    searcher = Searcher(Index.open(tmp_path / "idx", readonly=True))
+    a, b, c = (searcher.index.catalog.track_by_path(str(tmp_path / f"{n}.wav"))["id"] for n in "abc")
+    x = sf.read(tmp_path / "c.wav", dtype="float32")[0][int(1.37 * SR):int(4.37 * SR)]  # 3 s of c
+    clip, s = _Clip(x), searcher.index.searchable()
+    qv, qt = searcher._windows(x, s.mean)
+    # as in a big index where the song's other clips fill the neighbours: a and b were re-scored, tied as near
+    # copies, while the vote offered c only at a wrong start, not re-scored
+    hits = sorted([(*searcher._rescore(clip, t, 1.37), False) for t in (a, b)], key=lambda h: -h[2])
+    voted = [(a, 1.37, 9.0), (b, 1.37, 8.9), (c, 3.0, 2.0)]
+    assert hits[0][2] > searcher.cfg.sure_score and hits[0][2] - hits[1][2] < searcher.cfg.tie_score
+    settled = searcher._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in hits], hits)
+    assert (settled[0][0], round(settled[0][1], 2)) == (c, 1.37) and settled[0][2] > 0.99 > hits[0][2]
+    assert [h[0] for h in settled[1:3]] == [h[0] for h in hits]  # a and b after it, as they were scored
+    off = dataclasses.replace(searcher.cfg, tie_score=0.0)
+    searcher.cfg = off
+    assert searcher._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in hits], hits) == hits
+
+
+def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built):
+    import faiss
+    import torch
+
+    from indexer.index import Index
+    from muzip_search.search import Searcher, threads
+    before = torch.get_num_threads(), faiss.omp_get_max_threads()
+    seen = []
+    with threads(1):
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+    with threads(None):
+        seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
+    assert seen == [(1, 1), before]
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    assert searcher.threads == 1 and searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+
+
 def test_a_room_recording_is_compared_with_the_track_smeared_as_a_room_smears_it(built):
     import dataclasses
 

@@ -62,11 +62,45 @@ def test_align_finds_the_lag_of_a_copy():
     assert (lag, round(score, 6)) == (123, 1.0)
 
 
+def test_align_scores_every_lag_as_the_correlation_computed_lag_by_lag():
+    rng = np.random.default_rng(3)
+    track = rng.standard_normal((300, 4))
+    query = rng.standard_normal((70, 4))
+    q = query - query.mean(axis=0)
+
+    def corr(lag: int) -> float:
+        w = track[lag:lag + 70]
+        w = w - w.mean(axis=0)
+        return float((w * q).sum() / np.sqrt((w * w).sum() * (q * q).sum()))
+
+    for lo, hi in [(0, 230), (17, 40), (229, 230), (5, 5)]:  # the whole track; a span; the last lags; one lag
+        scores = [corr(lag) for lag in range(lo, hi + 1)]
+        lag, score = align(query, track, lo, hi)
+        assert (lag, round(score, 9)) == (lo + int(np.argmax(scores)), round(max(scores), 9))
+    assert align(query, track, 231, 300) == (-1, -1.0)  # past the end: the query fits nowhere
+
+
+def test_band_energies_sum_the_power_of_the_bins_in_each_band():
+    import torch
+
+    from indexer.vectors import band_energies
+    sr, cfg = 44100, VectorConfig()
+    x = np.random.default_rng(4).standard_normal(sr // 2).astype(np.float32)
+    spec = torch.stft(torch.from_numpy(x), 2048, 441, window=torch.hann_window(2048), center=False,
+                      return_complex=True).abs().numpy() ** 2  # [1025, T]
+    freqs = np.fft.rfftfreq(2048, 1 / sr)
+    edges = np.geomspace(150.0, 4000.0, cfg.spec_bands + 1)
+    expected = np.stack([spec[(freqs >= a) & (freqs < b)].sum(axis=0) for a, b in zip(edges, edges[1:])], axis=1)
+    got = band_energies(x, sr, cfg).numpy()
+    assert got.shape == expected.shape == (len(range(0, len(x) - 2048 + 1, 441)), 48)
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
 def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     new = VectorConfig()
     assert VectorConfig.from_dict(new.to_dict()) == new
     added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0,
-             "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0}  # their old behaviour
+             "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "tie_score": 0.0}  # their old behaviour
     old = {k: v for k, v in new.to_dict().items() if k not in added}
     assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
