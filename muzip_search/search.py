@@ -59,7 +59,7 @@ class Searcher:
 
     A query runs on `threads` threads of torch and FAISS (the process's own settings are put back after it):
     its operations are small, and on a 2-core machine a second thread cost more in hand-offs than it gained
-    (a 5-s query 87 -> 64 ms p50, BENCHMARKS.md).
+    (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md).
     """
 
     def __init__(self, index: Index, threads: int | None = 1):

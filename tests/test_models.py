@@ -107,3 +107,12 @@ def test_crops_weigh_every_possible_start_alike_and_leave_out_what_is_too_short(
     assert sorted(set(drawn)) == [(0, 1), (0, 2), (0, 3), (0, 4), (0, 5), (1, 1), (1, 2)]
     counts = np.bincount([5 * k + s for k, s in drawn], minlength=8)[[1, 2, 3, 4, 5, 6, 7]]
     assert counts.min() > 200 and counts.max() < 370  # each start about 1/7 of the draws (286)
+
+
+def test_openblas_gets_the_kernels_of_the_cpus_instruction_sets():
+    from models import openblas_kernels
+    avx2 = {"sse3", "avx", "avx2", "fma"}
+    avx512 = avx2 | {"avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512cd"}
+    assert [openblas_kernels(f) for f in (avx512, avx2, avx2 - {"fma"}, {"sse3"}, set())] == [
+        "SkylakeX", "Haswell", None, None, None]
+    assert openblas_kernels(avx512 - {"avx512bw"}) == "Haswell"  # SkylakeX's kernels need all four
