@@ -242,7 +242,8 @@ class Searcher:
                 voted: list[tuple[int, float, float]], tried: list[tuple[int, float]],
                 hits: list[tuple[int, float, float, bool]]) -> list[tuple[int, float, float, bool]]:
         """Where other tracks' starts score within `tie_score` of a sure best one (at least `tie_from`: this very
-        recording), scan those tracks too (up to `tie_tracks`) for starts not yet tried, as the best one's was.
+        recording), scan those tracks, then the vote's other tracks (up to `tie_tracks` in all), as the best
+        one's was, and re-score up to `tie_starts` of each one's starts not yet tried.
 
         A song cut into several clips, or a loop, holds the same bars in many places, so near copies fill the
         query windows' nearest neighbours and the vote may not offer the true start at all; the copies then
