@@ -130,10 +130,8 @@ class Searcher:
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
         # one or few windows vote too weakly to scan a track with)
         if self.cfg.scan and most == self.cfg.rescore and self.accepts(hits[0][2], _other(hits, 0), seconds):
-            best = hits[0][0]
-            tried = [h[1] for h in candidates + hits if h[0] == best]
-            more = self._scan(qv, qt, best, s.mean, tried)
-            hits = self._verify(clip, hits + [(*self._rescore(clip, best, o), False) for o in more])
+            more = self._rescan(clip, qv, qt, hits[0][0], s.mean, [h[:2] for h in candidates + hits])
+            hits = self._verify(clip, hits + more)
             hits = self._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in candidates + hits], hits)
         seen: set[int] = set()
         found = [(*h[:3], self.accepts(h[2], _other(hits, i), seconds)) for i, h in enumerate(hits)
@@ -259,11 +257,15 @@ class Searcher:
             return hits
         # those tracks first, then the vote's others, in its order: the true start's track may not have been re-scored
         tracks = [t for t in dict.fromkeys(tied + [c[0] for c in voted]) if t != best[0]][:cfg.tie_tracks]
-        more = []
-        for tid in tracks:
-            starts = self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:cfg.tie_starts]
-            more += [(*self._rescore(clip, tid, o), False) for o in starts]
+        more = [h for tid in tracks for h in self._rescan(clip, qv, qt, tid, mean, tried, cfg.tie_starts)]
         return self._verify(clip, hits + more)
+
+    def _rescan(self, clip: _Clip, qv: np.ndarray, qt: np.ndarray, tid: int, mean: np.ndarray,
+                tried: list[tuple[int, float]], most: int | None = None) -> list[tuple[int, float, float, bool]]:
+        """The starts of track `tid` that `_scan` offers beside those in `tried` ((track, start) pairs), up to
+        `most` of them, re-scored: hits as in `_verify`, not verified."""
+        starts = self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:most]
+        return [(*self._rescore(clip, tid, o), False) for o in starts]
 
     def _rescore(self, clip: _Clip, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:
