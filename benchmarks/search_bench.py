@@ -196,7 +196,7 @@ def main():
         cache: dict[str, np.ndarray] = {}
 
         searcher.search(loaded(cache, rows[0]["path"], sr)[: 2 * sr])  # warm up (FAISS load)
-        results, latency, misses = {}, {}, []
+        results, latency, misses, rejected = {}, {}, [], []
         for length in [float(v) for v in args.lengths.split(",")]:
             for cond in args.conditions.split(","):
                 hits = kept = dups = 0
@@ -216,6 +216,9 @@ def main():
                     if m.track_id == row["id"] and abs(m.offset_s - start) <= TOLERANCE_S:
                         hits += 1
                         kept += m.clear  # still a hit with the default no-match threshold
+                        if not m.clear:
+                            rejected.append({"clip": f"{cond} {length:g}s", "file": row["path"],
+                                             "start_s": round(start, 2), "score": m.score})
                     else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
                         corr = same_audio(clean, m, sr, cache)
                         dups += corr is not None and corr > 0.95
@@ -231,6 +234,7 @@ def main():
                       f"(+{dups / n:.1%} same audio elsewhere) over {n}", file=sys.stderr)
         out["hit_rate"] = results
         out["misses"] = misses  # every wrong best candidate, with what it was taken for
+        out["rejected"] = rejected  # every right best candidate that the no-match threshold turned away
         if args.unindexed:
             out["false_match"] = false_matches(searcher, find_audio(args.unindexed), args, rng, sr, cache)
         out["latency_ms"] = {k: {"p50": round(1000 * float(np.percentile(v, 50)), 1),

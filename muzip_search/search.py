@@ -107,15 +107,18 @@ class Searcher:
         voted = self._vote(sims, ids, qt)
         if not voted:
             return []
-        # re-score the candidates whose votes come near the best one's (and enough for `top` tracks): one when
-        # the vote is clear, several when a loop's repeats or similar tracks split it; every match shown is
-        # re-scored, so all scores are on one scale; a short clip is cheap to re-score and its few windows vote
-        # less clearly, so more of its candidates are
+        # re-score the candidates whose votes come near the best one's: one when the vote is clear, several when
+        # a loop's repeats or similar tracks split it; every match shown is re-scored, so all scores are on one
+        # scale; a short clip is cheap to re-score and its few windows vote less clearly, so more of its
+        # candidates are. With a `min_score` of the caller's, enough for `top` tracks, to show those candidates;
+        # by the default threshold a track far behind in the vote is no match (another track holding the same
+        # audio votes alike), so `top` costs nothing and the best match is the one `top=1` finds
         most = max(self.cfg.rescore, int(self.cfg.rescore_seconds / min(seconds, self.cfg.rescore_max_s)))
         close = min(most, sum(v >= self.cfg.rescore_ratio * voted[0][2] for _, _, v in voted))
+        fill = 1 if min_score is None else top
         candidates, tracks = [], set()
         for i, c in enumerate(voted):
-            if i >= close and len(tracks) >= top:
+            if i >= close and len(tracks) >= fill:
                 break
             candidates.append(c)
             tracks.add(c[0])

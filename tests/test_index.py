@@ -563,3 +563,24 @@ def test_a_stale_exact_index_is_rebuilt_on_the_collections_own_mean(untrained_de
     assert (gen, type(windows).__name__, windows.ntotal) == (4, "IndexIDMap2", 400)
     assert steps == [("adding", 0), ("adding", 400)]  # built anew, not updated
     np.testing.assert_allclose(means[:d], np.concatenate(every).astype(np.float32).mean(axis=0), atol=1e-5)
+
+
+def test_top_costs_nothing_by_the_default_threshold_and_fills_the_list_under_a_callers(built, monkeypatch):
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    rescored = []
+    rescore = Searcher._rescore
+    monkeypatch.setattr(Searcher, "_rescore", lambda self, clip, tid, *a: rescored.append(tid) or
+                        rescore(self, clip, tid, *a))
+
+    def run(**kw):
+        rescored.clear()
+        return searcher.search(cut(9, 0.8, 3.0), **kw), sorted(rescored)
+
+    one, tried = run(top=1)
+    # by the default threshold, top=5 re-scores the very candidates top=1 does, and the same match heads the list
+    assert run(top=5) == (one, tried) and [m.track_id for m in one] == [9]
+    # with a threshold of the caller's, enough candidates are re-scored to show 5 tracks
+    shown, more = run(top=5, min_score=-1.0)
+    assert len({m.track_id for m in shown}) == 5 and shown[0] == one[0] and len(set(more)) >= 5 > len(set(tried))
