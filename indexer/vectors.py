@@ -31,7 +31,8 @@ class VectorConfig:
     rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips)
     verify_s: float = 6.0        # the best candidate, while its score is unsure, re-scored on up to this much
     sure_score: float = 0.8      # ...unsure: under this (clean and MP3 copies score over 0.9)
-    verify: int = 2              # ...at most this many candidates in turn
+    verify: int = 4              # ...at most this many candidates in turn: the best, or once it is verified,
+    verify_margin: float = 0.05  # ...the best other one within this of it (both then compared on as much audio)
     rescore_seconds: float = 8.0  # more candidates re-scored for short clips, up to this much audio in all
     scan: int = 3                # the best track's windows all compared with the clip's: up to this many more of
     scan_ratio: float = 0.95     # its starts re-scored, those with this share of its best start's votes (a loop's
@@ -75,7 +76,7 @@ class VectorConfig:
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
-           "score_floor": 0.0, "tie_score": 0.0}
+           "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0}
 
 
 @dataclass(frozen=True)

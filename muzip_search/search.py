@@ -223,7 +223,9 @@ class Searcher:
                 hits: list[tuple[int, float, float, bool]]) -> list[tuple[int, float, float, bool]]:
         """Re-score the best candidate on more of a long clip (up to `verify_s`, its middle) while its score is
         unsure (under `sure_score`): a chance likeness over a few seconds fades over more audio, while a room
-        recording of the track holds. Up to `verify` candidates, each time the best one not yet verified.
+        recording of the track holds. Up to `verify` candidates, each time the best one not yet verified, or,
+        once that is verified, the best other within `verify_margin` of it: scores on 2 s and on more are not
+        on one scale, and a loop's repeat can edge out the true start on the first and lose on the second.
 
         `hits`: (track, start, score, verified); returned sorted, best first.
         """
@@ -232,10 +234,14 @@ class Searcher:
         if cfg.verify_s <= cfg.rescore_max_s or len(clip.x) <= cfg.rescore_max_s * self.index.model.cfg.sample_rate:
             return hits
         for _ in range(cfg.verify):
-            tid, offset, score, verified = hits[0]
-            if verified or score >= cfg.sure_score:
+            best = hits[0][2]
+            if best >= cfg.sure_score:
                 break
-            hits[0] = (*self._rescore(clip, tid, offset, cfg.verify_s), True)
+            i = next((i for i, h in enumerate(hits) if not h[3] and (i == 0 or h[2] > best - cfg.verify_margin)),
+                     None)
+            if i is None:
+                break
+            hits[i] = (*self._rescore(clip, *hits[i][:2], cfg.verify_s), True)
             hits.sort(key=lambda h: -h[2])
         return hits
 

@@ -584,3 +584,22 @@ def test_top_costs_nothing_by_the_default_threshold_and_fills_the_list_under_a_c
     # with a threshold of the caller's, enough candidates are re-scored to show 5 tracks
     shown, more = run(top=5, min_score=-1.0)
     assert len({m.track_id for m in shown}) == 5 and shown[0] == one[0] and len(set(more)) >= 5 > len(set(tried))
+
+
+def test_an_unsure_best_and_the_candidates_near_it_are_all_verified_on_as_much_audio(built, monkeypatch):
+    import dataclasses
+
+    from indexer.index import Index
+    from muzip_search.search import Searcher, _Clip
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    assert (searcher.cfg.verify, searcher.cfg.verify_margin, searcher.cfg.sure_score) == (4, 0.05, 0.8)
+    # scores on more of the clip: a repeat at 20 s scores above the true start at 5 s on 2 s, below it on 3
+    longer = {(1, 20.0): 0.695, (1, 5.0): 0.70, (2, 9.0): 0.30}
+    monkeypatch.setattr(Searcher, "_rescore", lambda self, clip, tid, offset, seconds=None: (
+        tid, offset, longer[tid, offset]))
+    clip = _Clip(np.zeros(3 * SR, np.float32))
+    hits = [(1, 20.0, 0.72, False), (1, 5.0, 0.69, False), (2, 9.0, 0.60, False)]
+    assert searcher._verify(clip, hits) == [(1, 5.0, 0.70, True), (1, 20.0, 0.695, True), (2, 9.0, 0.60, False)]
+    # as indexes built before verify_margin: once the best was verified, the repeat stayed ahead of the start
+    searcher.cfg = dataclasses.replace(searcher.cfg, verify=2, verify_margin=0.0)
+    assert searcher._verify(clip, hits) == [(1, 20.0, 0.695, True), (1, 5.0, 0.69, False), (2, 9.0, 0.60, False)]
