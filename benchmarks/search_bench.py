@@ -9,6 +9,10 @@ MP3 at 22.05 kHz; recorded in a room (reverb, 200 Hz-5 kHz, pink noise at 5 dB S
     python3 ../shared/corpus/make_corpus.py /tmp/corpus          # real music, FMA-shaped
     python benchmarks/search_bench.py /tmp/corpus/fma_small --queries 100
 
+Queries ask for the best match (`top=1`), which by the default no-match threshold is the work
+the CLI's `query` (`--top 5`) does too. Every wrong best candidate is listed in the JSON
+(`misses`), and so is every right one that the threshold turned away (`rejected`).
+
 A miss whose top match is the same audio found elsewhere (in another file, or
 at another place of the same one: game music loops, so some clips repeat;
 waveform correlation above 0.95 with the clip) is also counted as "duplicate";
