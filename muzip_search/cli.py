@@ -286,6 +286,7 @@ def reconstruct_cmd(
     end: Annotated[float | None, typer.Option(min=0.0, help="End, in seconds (default: the track's end).")] = None,
     index_dir: IndexDir = DEFAULT_INDEX_DIR,
     device: Device = "auto",
+    json_out: Json = False,
 ):
     """Decode a stored track (or part of it) from its latents to WAV.
 
@@ -294,12 +295,21 @@ def reconstruct_cmd(
     from .reconstruct import reconstruct, write_wav
     idx = _open(index_dir, device)
     tid = _track_id(idx, track)
+    sr = idx.model.cfg.sample_rate
+    length = idx.catalog.track_samples(tid) / sr
+    if start >= length or (end is not None and end <= start):
+        fail(f"nothing to decode: track {tid} is {length:.2f} s long, and --start {start:g}"
+             + (f" --end {end:g}" if end is not None else "") + " holds none of it")
     y = reconstruct(idx, tid, start, end)
     try:
-        write_wav(out, y, idx.model.cfg.sample_rate)
+        write_wav(out, y, sr)
     except FileExistsError as err:
         fail(str(err))
-    typer.echo(f"{out}: track {tid}, {len(y) / idx.model.cfg.sample_rate:.2f} s", err=True)
+    if json_out:
+        print_json({"out": str(out), "track_id": tid, "start_s": start, "seconds": round(len(y) / sr, 3),
+                    "sample_rate": sr})
+    else:
+        typer.echo(f"{out}: track {tid}, {len(y) / sr:.2f} s", err=True)
 
 
 @app.command()

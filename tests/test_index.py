@@ -171,6 +171,15 @@ def test_reconstruct_decodes_the_stored_span(built, tmp_path, untrained_default)
     np.testing.assert_allclose(y, expected, atol=1 / 32768)  # 16-bit WAV of the same decode
     again = cli("reconstruct", "6", "-o", out, "--index", index_dir)
     assert again.exit_code == 1 and "exists" in again.output  # never overwritten
+    shown = cli("reconstruct", "6", "--start", "1.5", "--end", "4", "-o", tmp_path / "j.wav", "--index", index_dir,
+                "--json")
+    assert json.loads(shown.stdout) == {"out": str(tmp_path / "j.wav"), "track_id": 6, "start_s": 1.5,
+                                        "seconds": 2.5, "sample_rate": SR}
+    # a span that holds none of the track is an error, not an empty WAV
+    for span in (["--start", "500"], ["--start", "3", "--end", "2"]):
+        empty = cli("reconstruct", "6", *span, "-o", tmp_path / "e.wav", "--index", index_dir)
+        assert empty.exit_code == 1 and "nothing to decode: track 6 is" in empty.output
+        assert not (tmp_path / "e.wav").exists()
 
 
 def test_query_reconstruct_writes_the_matched_span(built, tmp_path):
