@@ -15,8 +15,9 @@ the CLI's `query` (`--top 5`) does too. Every wrong best candidate is listed in 
 
 A miss whose top match is the same audio found elsewhere (in another file, or
 at another place of the same one: game music loops, so some clips repeat;
-waveform correlation above 0.95 with the clip) is also counted as "duplicate";
-it is not a hit. With `--unindexed DIR`, clips cut from the files there (music
+waveform correlation above 0.95 with the clip) is also counted as "duplicate",
+and as "identical" where that place holds the clip's very samples (0.999 or more:
+the two places cannot be told apart by any score); neither is a hit. With `--unindexed DIR`, clips cut from the files there (music
 that is not in the index: for the corpus, the held-out source songs of
 `split_corpus.py`) measure the false-match rate of the no-match threshold: any
 match returned for them is a false match, and each is listed in the JSON.
@@ -55,6 +56,7 @@ import numpy as np  # noqa: E402  (after `models`, which sets OpenMP's and OpenB
 import torch  # noqa: E402
 
 TOLERANCE_S = 0.25
+IDENTICAL = 0.999  # a miss whose place found holds the clip's very samples (a loop's exact repeat): no score can tell
 DECOY = "decoy-"  # the path prefix of `--decoys` copies, which are not files
 
 
@@ -203,7 +205,7 @@ def main():
         results, latency, misses, rejected = {}, {}, [], []
         for length in [float(v) for v in args.lengths.split(",")]:
             for cond in args.conditions.split(","):
-                hits = kept = dups = 0
+                hits = kept = dups = same = 0
                 times = []
                 for q in range(args.queries):
                     row = rows[rng.integers(len(rows))]
@@ -226,16 +228,18 @@ def main():
                     else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
                         corr = same_audio(clean, m, sr, cache)
                         dups += corr is not None and corr > 0.95
+                        same += corr is not None and corr >= IDENTICAL
                         misses.append({"clip": f"{cond} {length:g}s", "file": row["path"], "start_s": round(start, 2),
                                        "match": m.path, "offset_s": m.offset_s, "score": m.score, "clear": m.clear,
                                        "waveform_corr": corr})
                 n = len(times)
                 results[f"{cond} {length:g}s"] = {"queries": n, "top1": round(hits / n, 4),
                                                  "top1_thresholded": round(kept / n, 4),
-                                                 "duplicate": round(dups / n, 4)}
+                                                 "duplicate": round(dups / n, 4), "identical": round(same / n, 4)}
                 latency.setdefault(f"{length:g}s", []).extend(times)
                 print(f"{cond:>6} {length:>4g} s: top-1 {hits / n:.1%}, {kept / n:.1%} with the no-match threshold "
-                      f"(+{dups / n:.1%} same audio elsewhere) over {n}", file=sys.stderr)
+                      f"(+{dups / n:.1%} same audio elsewhere, {same / n:.1%} sample for sample) over {n}",
+                      file=sys.stderr)
         out["hit_rate"] = results
         out["misses"] = misses  # every wrong best candidate, with what it was taken for
         out["rejected"] = rejected  # every right best candidate that the no-match threshold turned away
