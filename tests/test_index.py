@@ -612,3 +612,42 @@ def test_an_unsure_best_and_the_candidates_near_it_are_all_verified_on_as_much_a
     # as indexes built before verify_margin: once the best was verified, the repeat stayed ahead of the start
     searcher.cfg = dataclasses.replace(searcher.cfg, verify=2, verify_margin=0.0)
     assert searcher._verify(clip, hits) == [(1, 20.0, 0.695, True), (1, 5.0, 0.69, False), (2, 9.0, 0.60, False)]
+
+
+def test_queries_in_several_python_threads_at_once_keep_their_own_threads_and_the_processs():
+    # torch (its OpenMP backend) and FAISS keep the thread count per OS thread: a query ending in one Python
+    # thread does not undo another's setting, nor leave the process's changed
+    import threading
+
+    import faiss
+    import torch
+
+    from muzip_search.search import threads
+    process = torch.get_num_threads()
+    torch.set_num_threads(2)  # the setting to come back, whatever this machine's cores
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with threads(1):
+            a_in.set()
+            b_in.wait()
+            seen["a, b inside too"] = torch.get_num_threads(), faiss.omp_get_max_threads()
+        a_out.set()
+
+    def b():
+        a_in.wait()
+        with threads(1):
+            b_in.set()
+            a_out.wait()
+            seen["b, a gone"] = torch.get_num_threads(), faiss.omp_get_max_threads()
+
+    try:
+        workers = [threading.Thread(target=f) for f in (a, b)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(10)
+        assert seen == {"a, b inside too": (1, 1), "b, a gone": (1, 1)} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(process)
