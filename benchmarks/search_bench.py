@@ -17,10 +17,11 @@ A miss whose top match is the same audio found elsewhere (in another file, or
 at another place of the same one: game music loops, so some clips repeat;
 waveform correlation above 0.95 with the clip) is also counted as "duplicate",
 and as "identical" where that place holds the clip's very samples (0.999 or more:
-the two places cannot be told apart by any score); neither is a hit. With `--unindexed DIR`, clips cut from the files there (music
-that is not in the index: for the corpus, the held-out source songs of
-`split_corpus.py`) measure the false-match rate of the no-match threshold: any
-match returned for them is a false match, and each is listed in the JSON.
+the two places cannot be told apart by any score); neither is a hit. With
+`--unindexed DIR`, clips cut from the files there (music that is not in the
+index: for the corpus, the held-out source songs of `split_corpus.py`) measure
+the false-match rate of the no-match threshold: any match returned for them is a
+false match, and each is listed in the JSON.
 
     python benchmarks/split_corpus.py /tmp/corpus
     python benchmarks/search_bench.py /tmp/corpus/train --unindexed /tmp/corpus/heldout

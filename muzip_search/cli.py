@@ -296,7 +296,10 @@ def reconstruct_cmd(
     idx = _open(index_dir, device)
     tid = _track_id(idx, track)
     sr = idx.model.cfg.sample_rate
-    length = idx.catalog.track_samples(tid) / sr
+    samples = idx.catalog.track_samples(tid)
+    if samples is None:  # a file that failed to index: its row is kept, with why
+        fail(f"track {tid} has no stored audio: {idx.catalog.track(tid)['reason'] or 'not indexed'}")
+    length = samples / sr
     if start >= length or (end is not None and end <= start):
         fail(f"nothing to decode: track {tid} is {length:.2f} s long, and --start {start:g}"
              + (f" --end {end:g}" if end is not None else "") + " holds none of it")
