@@ -295,6 +295,29 @@ def test_bad_files_are_recorded_and_the_run_goes_on(untrained_default, tmp_path)
     assert nothing.exit_code == 1 and "has no stored audio: silent" in nothing.output
 
 
+def test_silence_is_told_by_a_trained_codec_too(tmp_path, monkeypatch):
+    import torch
+
+    from indexer import pipeline
+    from models import build_codec, preset, save_checkpoint
+    torch.manual_seed(0)
+    model = build_codec(preset("default"))
+    with torch.no_grad():
+        model.enc_mlp[-1].bias.fill_(0.05)  # as a trained codec's biases do: silence no longer gives zero latents
+    save_checkpoint(tmp_path / "biased.pt", model)
+    monkeypatch.setattr(pipeline, "STREAM_OVER_S", 4.0)  # the 5-s silence is streamed, the 2-s one decoded whole
+    music = tmp_path / "music"
+    music.mkdir()
+    sf.write(music / "silent.wav", np.zeros(2 * SR, np.float32), SR)
+    sf.write(music / "long silent.flac", np.zeros(5 * SR, np.float32), SR)
+    sf.write(music / "faint.wav", song(2.0, seed=5) / 0.5 / 100, SR)  # peaks at -40 dB: quiet, but a sound
+    sf.write(music / "song.wav", song(2.0, seed=6), SR)
+    result = cli("index", music, "--index", tmp_path / "index", "--checkpoint", tmp_path / "biased.pt", "--json")
+    r = json.loads(result.stdout)
+    assert (r["indexed"], {Path(p).name: why for p, why in r["failed"].items()}) == (
+        2, {"silent.wav": "silent", "long silent.flac": "silent"})
+
+
 def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
     from indexer import pipeline
     monkeypatch.setattr(pipeline, "STREAM_OVER_S", 2.0)  # make a 5-s file "long"
