@@ -62,6 +62,9 @@ def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", worke
             if isinstance(pcm, AudioError):
                 failed[str(path)] = pcm.reason
                 continue
+            if not np.any(pcm):  # R2 and SNR have no value on silence (nothing to explain): as `index`, skipped
+                failed[str(path)] = "silent"
+                continue
             x = pcm16_to_float(pcm)
             for i, m in enumerate(models):
                 if m.cfg.sample_rate != rate:

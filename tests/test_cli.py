@@ -48,6 +48,17 @@ def test_train_then_evaluate_through_the_cli(music_dir, tmp_path):
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_evaluate_skips_silence_whose_r2_and_snr_have_no_value(music_dir, untrained_default, tmp_path):
+    import numpy as np
+    import soundfile as sf
+    sf.write(music_dir / "silent.wav", np.zeros(16000, np.float32), 8000)
+    result = runner.invoke(app, ["evaluate", str(music_dir), "--checkpoint", str(untrained_default), "--json"])
+    assert result.exit_code == 0, result.output
+    row, = json.loads(result.stdout)
+    assert row["tracks"] == 6 and all(np.isfinite(row[k]) for k in ("mse", "mae", "r2", "snr_db"))
+    assert f"skipped {music_dir / 'silent.wav'}: silent" in result.output
+
+
 def test_train_refuses_to_overwrite(music_dir, tmp_path):
     (tmp_path / "x.pt").write_bytes(b"x")
     result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--out", str(tmp_path / "x.pt")])
