@@ -141,7 +141,8 @@ class Searcher:
                  if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
         found = [h for h in found if (h[3] if min_score is None else h[2] >= min_score)]
         rows = self.index.catalog.tracks(h[0] for h in found[:top])
-        return [Match(tid, rows[tid]["path"], round(off, 3), round(score, 4), rows[tid]["title"],
+        # + 0.0: a start a hair before the track's first sample rounds to -0.0, which prints as "-0.00"
+        return [Match(tid, rows[tid]["path"], round(off, 3) + 0.0, round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], seconds, clear)
                 for tid, off, score, clear in found[:top]]
 
