@@ -112,9 +112,21 @@ class Catalog:
         return {r[0] for r in self.db.execute("select track_id from changes where generation > ?", [generation])}
 
     # --- tracks ---------------------------------------------------------------
-    def known(self) -> dict[str, tuple[int, float, str]]:
-        """path -> (size, mtime, status) of every file in the catalog."""
-        return {r[0]: (r[1], r[2], r[3]) for r in self.db.execute("select path, size, mtime, status from tracks")}
+    def known(self) -> dict[str, tuple[int, float, str, str]]:
+        """path -> (size, mtime, status, content hash) of every file in the catalog."""
+        return {r[0]: tuple(r[1:]) for r in self.db.execute("select path, size, mtime, status, hash from tracks")}
+
+    def touch(self, mtimes: list[tuple[str, float]]) -> None:
+        """Record new mtimes of files whose content is unchanged: nothing searched changes, so no generation."""
+        if not mtimes:
+            return
+        self.db.execute("begin immediate")
+        try:
+            self.db.conn.executemany("update tracks set mtime = ? where path = ?", [(m, p) for p, m in mtimes])
+            self.db.execute("commit")
+        except BaseException:
+            self.db.execute("rollback")
+            raise
 
     def _new_id(self, wanted: int | None) -> int:
         if wanted is not None and not self.db.execute("select 1 from tracks where id = ?", [wanted]).fetchone():

@@ -125,7 +125,7 @@ class Index:
         if self._searchable is not None and self._searchable.generation == gen:
             return self._searchable
         wpath, tpath, mpath = self._derived_files(gen)
-        if wpath.is_file() and tpath.is_file() and mpath.is_file():
+        if self.faiss_saved(gen):
             windows, tracks = faiss.read_index(str(wpath)), faiss.read_index(str(tpath))
             means = np.frombuffer(mpath.read_bytes(), dtype=np.float32)
         else:
@@ -234,6 +234,11 @@ class Index:
         for old in self._all_derived():
             if old not in current:
                 old.unlink(missing_ok=True)
+
+    def faiss_saved(self, gen: int | None = None) -> bool:
+        """Whether the FAISS files of generation `gen` (default: the catalog's now) are on disk."""
+        gen = self.catalog.generation if gen is None else gen
+        return all(p.is_file() for p in self._derived_files(gen))
 
     def _derived_files(self, gen: int) -> tuple[Path, Path, Path]:
         """The FAISS window and track indexes and the windows' mean vector at generation `gen`."""

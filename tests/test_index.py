@@ -239,10 +239,20 @@ def test_reindex_skips_changes_and_prunes(songs_dir, untrained_default, tmp_path
     shutil.copytree(songs_dir / "fma_small", music)
     index_dir = tmp_path / "index"
     assert cli("index", music, "--index", index_dir, "--checkpoint", untrained_default).exit_code == 0
+    saved = {p.name: p.stat().st_mtime_ns for p in index_dir.glob("*.faiss")}
     again = json.loads(cli("index", music, "--index", index_dir, "--json").stdout)
     assert (again["indexed"], again["skipped"]) == (0, 12)
+    touched = music / "000" / "000002.wav"  # as a copy that did not keep times: the same content, a new mtime
+    os.utime(touched, (time.time() + 9, time.time() + 9))
+    r = json.loads(cli("index", music, "--index", index_dir, "--json").stdout)
+    assert (r["indexed"], r["skipped"]) == (0, 12)
+    # neither run changed the collection: the FAISS files are left as they were, not written again
+    assert {p.name: p.stat().st_mtime_ns for p in index_dir.glob("*.faiss")} == saved
+    db = sqlite3.connect(index_dir / "catalog.db")
+    assert db.execute("select mtime from tracks where id = 2").fetchone() == (touched.stat().st_mtime,)
+    db.close()
 
-    changed = music / "000" / "000003.wav"
+    changed = music / "000" / "000003.wav"  # the same size (a WAV as long), other content: indexed again
     sf.write(changed, song(SONG_SECONDS, seed=77), SR)
     os.utime(changed, (time.time() + 5, time.time() + 5))
     (music / "000" / "000004.wav").unlink()
