@@ -191,6 +191,10 @@ def index(
                          device=device, workers=workers, progress=not json_out)
     except (IndexOpenError, CheckpointError, RuntimeError) as err:
         fail(str(err))
+    except KeyboardInterrupt:  # Ctrl-C: every track is written in its own transaction, so none is lost
+        typer.echo("\ninterrupted: the tracks indexed so far are kept; run the same command again to finish",
+                   err=True)
+        raise typer.Exit(130) from None
     if json_out:
         print_json({"index": r.index, "indexed": r.indexed, "skipped": r.skipped,
                     "skipped_failed": r.skipped_failed, "failed": r.failed,

@@ -92,12 +92,13 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
             bar.update()
             failed[0] += rec.status == "failed"
             elapsed = max(time.perf_counter() - t_run, 1e-9)
+            # refresh=False: shown with the bar's own updates (every 5 s in a log), not a line per file
             bar.set_postfix_str(f"{audio[0] / 3600 / elapsed:.3f} audio-h/s ({audio[0] / elapsed:.0f}x real time), "
-                                f"{failed[0]} failed")
+                                f"{failed[0]} failed", refresh=False)
 
-        summary = run(index.catalog, index.model, todo, index.vectors, metadata=meta, workers=workers,
-                      on_file=on_file)
-        bar.close()
+        with bar:  # closed before an interruption's message
+            summary = run(index.catalog, index.model, todo, index.vectors, metadata=meta, workers=workers,
+                          on_file=on_file)
         report.indexed = summary.indexed
         report.failed = summary.failed
         report.audio_hours = summary.audio_seconds / 3600

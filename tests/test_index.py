@@ -381,6 +381,35 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     assert leftovers == ["mean-60.f32", "tracks-60.faiss", "windows-60.faiss"]  # one generation, no halves
 
 
+def test_ctrl_c_says_what_is_kept_and_a_rerun_finishes(untrained_default, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    for i in range(40):
+        sf.write(music / f"song{i:02d}.flac", song(4.0, seed=200 + i), SR)
+    cmd = [sys.executable, "-m", "muzip_search", "index", str(music), "--checkpoint", str(untrained_default),
+           "--workers", "1", "--index", str(tmp_path / "index")]
+    # Ctrl-C goes to the terminal's whole foreground group: the indexer and its decoding workers
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    db_path = tmp_path / "index" / "catalog.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if db_path.exists() and sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]:
+                break
+        except sqlite3.OperationalError:
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    kept = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]
+    assert proc.returncode == 130 and 1 <= kept < 40
+    assert err.decode().splitlines()[-1] == (
+        "interrupted: the tracks indexed so far are kept; run the same command again to finish")
+    rerun = json.loads(subprocess.run(cmd + ["--json"], capture_output=True, check=True).stdout)
+    assert (rerun["indexed"], rerun["skipped"], rerun["failed"]) == (40 - kept, kept, {})
+
+
 def test_a_clean_copy_scores_near_one_wherever_it_starts_between_spectrogram_frames(built):
     from indexer.index import Index
     from muzip_search.search import Searcher
