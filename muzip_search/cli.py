@@ -80,7 +80,7 @@ def train(
     --head-only retrains the search vectors of a trained codec, its latents unchanged.
     Example:  muzip-search train fma_small/ --init default.pt --head-only --batch-size 512 --lr 1e-3 --cosine --out new.pt
     """
-    from .training import TrainError, train as run_train
+    from .training import TrainError, TrainInterrupted, train as run_train
     if preset not in PRESETS:
         fail(f"unknown preset {preset!r}; choose from {', '.join(PRESETS)}")
     try:
@@ -91,6 +91,9 @@ def train(
                            progress=not json_out)
     except (TrainError, CheckpointError, RuntimeError, ValueError) as err:
         fail(str(err))
+    except TrainInterrupted as err:
+        typer.echo(str(err), err=True)
+        raise typer.Exit(130) from None
     if json_out:
         print_json(asdict(report))
         return

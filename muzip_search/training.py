@@ -1,5 +1,8 @@
 """`train`: fit a codec preset on every audio file under a folder."""
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -32,6 +35,15 @@ class TrainReport:
 
 class TrainError(Exception):
     """A training run that cannot start (no usable audio, output exists, bad resume)."""
+
+
+class TrainInterrupted(Exception):
+    """Ctrl-C during training: the run so far was saved to `checkpoint`, `resume` continues it."""
+
+    def __init__(self, checkpoint: Path, epoch: int, step: int):
+        super().__init__(f"interrupted at step {step} (epoch {epoch + 1}); saved to {checkpoint}, "
+                         f"--resume continues it")
+        self.checkpoint, self.epoch, self.step = checkpoint, epoch, step
 
 
 def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 10, device: str = "auto",
@@ -153,7 +165,10 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
 
     def on_step(s: TrainState, loss: float):
         bar.update()
-        bar.set_postfix({"epoch": s.epoch + 1, "infonce" if head_only else "mse": f"{loss:.2e}"})
+        # refresh=False: shown with the bar's own updates (every 5 s in a log), not a line per step
+        bar.set_postfix({"epoch": s.epoch + 1, "infonce" if head_only else "mse": f"{loss:.2e}"}, refresh=False)
+        if stop.is_set():  # Ctrl-C: this step is done and counted in `s`, the place to stop
+            raise TrainInterrupted(out, s.epoch, s.step)
 
     def on_epoch(s: TrainState):
         save(s)
@@ -167,13 +182,41 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
             bar.write(f"epoch {h['epoch']}: train mse {h['train_mse']:.3e}  val mse {h['val_mse']:.3e}{views_part}",
                       file=sys.stderr)
 
-    state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
-                on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views,
-                head_views=head_views, val_views=val_views, cosine=cosine)
+    stop = threading.Event()
+    try:
+        with _stop_on_ctrl_c(stop):
+            state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
+                        on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views,
+                        head_views=head_views, val_views=val_views, cosine=cosine)
+    except TrainInterrupted:
+        bar.close()
+        save(state)  # `fit` counts in `state` the steps it finished: a resume goes on from there
+        raise
     bar.close()
     save(state)
     return TrainReport(str(out), cfg.name, len(train_tracks), len(val_tracks), failed, state.epoch,
                        state.step, round(state.seconds, 1), state.history)
+
+
+@contextmanager
+def _stop_on_ctrl_c(stop: threading.Event):
+    """Ctrl-C sets `stop`, so that training stops between two steps (a KeyboardInterrupt in the middle of one
+    can land in a C callback, an MP3 encoder's, and be lost there); a second Ctrl-C interrupts at once. Only
+    the main thread can take signals: elsewhere, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    before = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def _load_matching(model: torch.nn.Module, weights: dict, source: Path) -> None:

@@ -113,3 +113,31 @@ def test_cosine_lowers_the_learning_rate_to_near_zero_at_the_last_step(music_dir
     group = after["optimizer"]["param_groups"][0]
     assert group["initial_lr"] == 0.001
     assert group["lr"] == 0.001 * 0.5 * (1 + math.cos(math.pi * (steps - 1) / steps))  # set before the last step
+
+
+def test_ctrl_c_in_training_saves_a_checkpoint_that_resume_continues(music_dir, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    ckpt = tmp_path / "tiny.pt"
+    cmd = [sys.executable, "-m", "muzip_search", "train", str(music_dir), "--preset", "tiny", "--epochs", "100000",
+           "--out", str(ckpt), "--device", "cpu"]
+    # Ctrl-C goes to the terminal's whole foreground group: the trainer and any workers
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline:  # the first epoch saved: training is under way
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    state = torch.load(ckpt, weights_only=True)["state"]
+    assert proc.returncode == 130 and state["step"] > 0
+    assert err.decode().splitlines()[-1] == (f"interrupted at step {state['step']} (epoch {state['epoch'] + 1}); "
+                                             f"saved to {ckpt}, --resume continues it")
+    resumed = runner.invoke(app, ["train", str(music_dir), "--out", str(ckpt), "--resume", "--epochs",
+                                  str(state["epoch"] + 1), "--device", "cpu", "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["epochs"] == state["epoch"] + 1
