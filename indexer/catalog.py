@@ -117,12 +117,18 @@ class Catalog:
         return {r[0]: tuple(r[1:]) for r in self.db.execute("select path, size, mtime, status, hash from tracks")}
 
     def touch(self, mtimes: list[tuple[str, float]]) -> None:
-        """Record new mtimes of files whose content is unchanged: nothing searched changes, so no generation."""
-        if not mtimes:
+        """Record new mtimes of files whose content is unchanged: (path, mtime) pairs."""
+        self.move([(p, p, m) for p, m in mtimes])
+
+    def move(self, moves: list[tuple[str, str, float]]) -> None:
+        """Record where files whose content is unchanged are now: (old path, new path, mtime) triples. Their
+        tracks keep their ids, latents and vectors; nothing searched changes, so the generation stays."""
+        if not moves:
             return
         self.db.execute("begin immediate")
         try:
-            self.db.conn.executemany("update tracks set mtime = ? where path = ?", [(m, p) for p, m in mtimes])
+            self.db.conn.executemany("update tracks set path = ?, mtime = ? where path = ?",
+                                     [(new, m, old) for old, new, m in moves])
             self.db.execute("commit")
         except BaseException:
             self.db.execute("rollback")

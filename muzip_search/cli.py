@@ -201,7 +201,8 @@ def index(
     if json_out:
         print_json({"index": r.index, "indexed": r.indexed, "skipped": r.skipped,
                     "skipped_failed": r.skipped_failed, "failed": r.failed,
-                    "vanished": r.vanished, "pruned": r.pruned, "audio_hours": round(r.audio_hours, 4),
+                    "vanished": r.vanished, "moved": {old: new for old, new, _ in r.moved}, "pruned": r.pruned,
+                    "audio_hours": round(r.audio_hours, 4),
                     "seconds": round(r.seconds, 2), "realtime": round(r.realtime, 1), "stages": r.stages,
                     "metadata": r.metadata})
     else:
@@ -209,9 +210,12 @@ def index(
             typer.echo(f"failed {path}: {reason}", err=True)
         for path in r.vanished:
             typer.echo(f"{'removed' if prune else 'vanished'} {path}", err=True)
+        for old, new, _ in r.moved:
+            typer.echo(f"moved {old} -> {new}", err=True)
         known_bad = f" ({r.skipped_failed} of them failed before)" if r.skipped_failed else ""
-        typer.echo(f"{r.index}: indexed {r.indexed}, skipped {r.skipped} unchanged{known_bad}, failed {len(r.failed)}, "
-                   f"vanished {len(r.vanished)}" + (f" (pruned {r.pruned})" if prune else "")
+        moved = f", moved {len(r.moved)}" if r.moved else ""
+        typer.echo(f"{r.index}: indexed {r.indexed}, skipped {r.skipped} unchanged{known_bad}{moved}, "
+                   f"failed {len(r.failed)}, vanished {len(r.vanished)}" + (f" (pruned {r.pruned})" if prune else "")
                    + f"; {r.audio_hours:.2f} h of audio in {r.seconds:.1f} s ({r.realtime:.0f}x real time)")
     if r.failed:
         raise typer.Exit(2)  # the run finished, but some files could not be indexed

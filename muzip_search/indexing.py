@@ -22,6 +22,8 @@ class IndexReport:
     skipped_failed: int = 0                                 # of the skipped, files that failed before
     failed: dict[str, str] = field(default_factory=dict)   # path -> reason
     vanished: list[str] = field(default_factory=list)
+    moved: list[tuple[str, str, float]] = field(default_factory=list)  # (old path, new path, mtime): same content
+    touched: list[tuple[str, float]] = field(default_factory=list)     # (path, new mtime): same content
     pruned: int = 0
     audio_hours: float = 0.0
     seconds: float = 0.0
@@ -33,52 +35,71 @@ class IndexReport:
         return self.audio_hours * 3600 / self.seconds if self.seconds else 0.0
 
 
+def _plan(root: Path, paths: list[Path], known: dict[str, tuple], index: str, progress: bool
+          ) -> tuple[list[Path], IndexReport]:
+    """The files under `root` to index, and a report of the rest: unchanged, touched, moved and vanished.
+
+    Unchanged: the same size and mtime. A file of the same size with a new mtime (a copy or a restore that did
+    not keep times, a `touch`), or a new path of the size of a vanished file (a file moved or renamed), is
+    hashed: hashing costs a read, decoding and encoding far more, so the same content is only recorded where
+    it is now (`known`: path -> (size, mtime, status, hash), as `Catalog.known`).
+    """
+    present = {str(p) for p in paths}
+    inside = str(root) + "/" if root.is_dir() else str(root)
+    gone = {p: k for p, k in known.items() if (p.startswith(inside) or p == str(root)) and p not in present}
+    was = {(k[0], k[3]): p for p, k in gone.items() if k[3]}  # (size, hash) -> vanished path
+    sizes = {size for size, _ in was}
+    report = IndexReport(index)
+    todo, check = [], []
+    for p in paths:
+        st = p.stat()
+        k = known.get(str(p))
+        if k and (k[0], k[1]) == (st.st_size, st.st_mtime):
+            report.skipped += 1
+            report.skipped_failed += k[2] == "failed"
+        elif (k and k[0] == st.st_size) or (not k and st.st_size in sizes):
+            check.append((p, st.st_size, st.st_mtime))
+        else:
+            todo.append(p)
+    with progress_bar(len(check), "checking", "file", progress and bool(check)) as checking:
+        for p, size, mtime in check:
+            k, digest = known.get(str(p)), file_hash(p)
+            if k and k[3] == digest:
+                report.touched.append((str(p), mtime))
+                report.skipped += 1
+                report.skipped_failed += k[2] == "failed"
+            elif not k and (size, digest) in was:
+                report.moved.append((was.pop((size, digest)), str(p), mtime))
+            else:
+                todo.append(p)
+            checking.update()
+    moved = {old for old, _, _ in report.moved}
+    report.vanished = sorted(p for p in gone if p not in moved)
+    todo = set(todo)
+    return [p for p in paths if p in todo], report  # in the folder's order, as new tracks' ids are given
+
+
 def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None, metadata: Path | None = None,
                  prune: bool = False, device: str = "auto", workers: int | None = None,
                  progress: bool = True) -> IndexReport:
     """Index every audio file under `root` into `index_dir`, incrementally.
 
-    Unchanged files (same size and mtime, or same content) are skipped, changed
-    ones re-indexed, vanished ones reported (and removed with `prune`). Failed
-    files are recorded with their reason and tried again only when they change.
+    Unchanged files (same size and mtime, or same content) are skipped, moved
+    ones (a vanished file's content at a new path) keep their tracks, changed
+    ones are re-indexed, vanished ones reported (and removed with `prune`).
+    Failed files are recorded with their reason and tried again only when they
+    change.
     """
     t0 = time.perf_counter()
     index = Index.open(index_dir, checkpoint=checkpoint, create=True, device=pick_device(device))
     try:
         root = Path(root).resolve()
         paths = find_audio(root)
-        known = index.catalog.known()
-        todo, skipped, skipped_failed, recheck = [], 0, 0, []
-        for p in paths:
-            st = p.stat()
-            k = known.get(str(p))
-            if k and k[0] == st.st_size and k[1] == st.st_mtime:
-                skipped += 1
-                skipped_failed += k[2] == "failed"
-            elif k and k[0] == st.st_size:
-                recheck.append((p, st.st_mtime))
-            else:
-                todo.append(p)
-        # same size, another mtime (a copy or a restore that did not keep times, a `touch`): hashing the file
-        # costs a read, decoding and encoding it far more; the same content only has its mtime recorded
-        touched = []
-        with progress_bar(len(recheck), "checking", "file", progress and bool(recheck)) as checking:
-            for p, mtime in recheck:
-                k = known[str(p)]
-                if k[3] and file_hash(p) == k[3]:
-                    touched.append((str(p), mtime))
-                    skipped += 1
-                    skipped_failed += k[2] == "failed"
-                else:
-                    todo.append(p)
-                checking.update()
-        index.catalog.touch(touched)
-        present = {str(p) for p in paths}
-        inside = str(root) + "/" if root.is_dir() else str(root)
-        vanished = sorted(p for p in known if (p.startswith(inside) or p == str(root)) and p not in present)
-        report = IndexReport(str(index_dir), skipped=skipped, skipped_failed=skipped_failed, vanished=vanished)
-        if prune and vanished:
-            ids = [index.catalog.track_by_path(p)["id"] for p in vanished]
+        todo, report = _plan(root, paths, index.catalog.known(), str(index_dir), progress)
+        index.catalog.touch(report.touched)
+        index.catalog.move(report.moved)
+        if prune and report.vanished:
+            ids = [index.catalog.track_by_path(p)["id"] for p in report.vanished]
             report.pruned = index.catalog.remove(ids)
         csv_path = metadata or find_tracks_csv(root)
         meta = read_tracks_csv(csv_path) if csv_path else {}

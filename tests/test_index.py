@@ -248,6 +248,16 @@ def test_reindex_skips_changes_and_prunes(songs_dir, untrained_default, tmp_path
     assert (r["indexed"], r["skipped"]) == (0, 12)
     # neither run changed the collection: the FAISS files are left as they were, not written again
     assert {p.name: p.stat().st_mtime_ns for p in index_dir.glob("*.faiss")} == saved
+    # a file moved (a renamed folder): its track, id, latents and vectors go with it, nothing is encoded
+    (music / "moved").mkdir()
+    (music / "000" / "000005.wav").rename(music / "moved" / "000005.wav")
+    r = json.loads(cli("index", music, "--index", index_dir, "--json").stdout)
+    assert (r["indexed"], r["skipped"], r["vanished"], r["moved"]) == (
+        0, 11, [], {str(music / "000" / "000005.wav"): str(music / "moved" / "000005.wav")})
+    sf.write(tmp_path / "five.wav", song(SONG_SECONDS, seed=3)[SR:3 * SR], SR)
+    q = json.loads(cli("query", tmp_path / "five.wav", "--index", index_dir, "--json", "--top", "1").stdout)
+    assert (q["matches"][0]["track_id"], q["matches"][0]["path"]) == (5, str(music / "moved" / "000005.wav"))
+    assert {p.name: p.stat().st_mtime_ns for p in index_dir.glob("*.faiss")} == saved
     db = sqlite3.connect(index_dir / "catalog.db")
     assert db.execute("select mtime from tracks where id = 2").fetchone() == (touched.stat().st_mtime,)
     db.close()
