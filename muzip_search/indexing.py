@@ -6,7 +6,7 @@ from pathlib import Path
 
 from indexer.collection import find_audio
 from indexer.index import Index
-from indexer.metadata import find_tracks_csv, read_tracks_csv
+from indexer.metadata import find_tracks_csv, fma_id, read_tracks_csv
 from indexer.pipeline import file_hash, run
 
 from .device import pick_device
@@ -68,7 +68,8 @@ def _plan(root: Path, paths: list[Path], known: dict[str, tuple], index: str, pr
                 report.touched.append((str(p), mtime))
                 report.skipped += 1
                 report.skipped_failed += k[2] == "failed"
-            elif not k and (size, digest) in was:
+            elif not k and (size, digest) in was and fma_id(Path(was[size, digest])) == fma_id(p):
+                # (a track's id is FMA's where the file's name is one: a rename to another id is a new track)
                 report.moved.append((was.pop((size, digest)), str(p), mtime))
             else:
                 todo.append(p)

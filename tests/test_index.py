@@ -280,6 +280,21 @@ def test_reindex_skips_changes_and_prunes(songs_dir, untrained_default, tmp_path
     assert json.loads(cli("stats", "--index", index_dir, "--json").stdout)["tracks"] == 10
 
 
+def test_a_file_renamed_to_another_fma_id_is_that_track_now(songs_dir, untrained_default, tmp_path):
+    music = tmp_path / "music"
+    music.mkdir()
+    for name in ("000002.wav", "000003.wav"):
+        shutil.copy(songs_dir / "fma_small" / "000" / name, music / name)
+    index_dir = tmp_path / "index"
+    assert cli("index", music, "--index", index_dir, "--checkpoint", untrained_default).exit_code == 0
+    (music / "000003.wav").rename(music / "000099.wav")  # its content unchanged, but a track's id is its name's
+    r = json.loads(cli("index", music, "--index", index_dir, "--prune", "--json").stdout)
+    assert (r["indexed"], r["moved"], r["vanished"], r["pruned"]) == (1, {}, [str(music / "000003.wav")], 1)
+    db = sqlite3.connect(index_dir / "catalog.db")
+    assert db.execute("select id, path from tracks order by id").fetchall() == [
+        (2, str(music / "000002.wav")), (99, str(music / "000099.wav"))]
+
+
 def test_bad_files_are_recorded_and_the_run_goes_on(untrained_default, tmp_path):
     music = tmp_path / "music"
     music.mkdir()
