@@ -289,6 +289,15 @@ def _track_id(idx, ref: str) -> int:
     return row["id"]
 
 
+def _indexed_track(idx, ref: str) -> int:
+    """`_track_id`, for a track with stored latents and vectors: a file that failed to index keeps its row."""
+    tid = _track_id(idx, ref)
+    row = idx.catalog.track(tid)
+    if row["status"] != "indexed":
+        fail(f"track {tid} is not indexed: {row['reason'] or row['status']}")
+    return tid
+
+
 @app.command(name="reconstruct")
 def reconstruct_cmd(
     track: Annotated[str, typer.Argument(help="Track id (or indexed file path).")],
@@ -305,12 +314,9 @@ def reconstruct_cmd(
     """
     from .reconstruct import reconstruct, write_wav
     idx = _open(index_dir, device)
-    tid = _track_id(idx, track)
+    tid = _indexed_track(idx, track)
     sr = idx.model.cfg.sample_rate
-    samples = idx.catalog.track_samples(tid)
-    if samples is None:  # a file that failed to index: its row is kept, with why
-        fail(f"track {tid} has no stored audio: {idx.catalog.track(tid)['reason'] or 'not indexed'}")
-    length = samples / sr
+    length = idx.catalog.track_samples(tid) / sr
     if start >= length or (end is not None and end <= start):
         fail(f"nothing to decode: track {tid} is {length:.2f} s long, and --start {start:g}"
              + (f" --end {end:g}" if end is not None else "") + " holds none of it")
@@ -339,7 +345,7 @@ def similar(
     """
     from .similar import similar_tracks
     idx = _open(index_dir)
-    tid = _track_id(idx, track)
+    tid = _indexed_track(idx, track)
     rows = similar_tracks(idx, tid, top)
     if json_out:
         print_json({"track_id": tid, "similar": rows})

@@ -325,9 +325,10 @@ def test_bad_files_are_recorded_and_the_run_goes_on(untrained_default, tmp_path)
     # failures are recorded, so an unchanged bad file is not tried again
     again = json.loads(cli("index", music, "--index", tmp_path / "index", "--json").stdout)
     assert (again["indexed"], again["skipped"], again["skipped_failed"], again["failed"]) == (0, 8, 6, {})
-    # a failed file keeps its row, and asking to decode it says why there is nothing to decode
-    nothing = cli("reconstruct", music / "silent.wav", "-o", tmp_path / "s.wav", "--index", tmp_path / "index")
-    assert nothing.exit_code == 1 and "has no stored audio: silent" in nothing.output
+    # a failed file keeps its row, and asking to decode it, or for tracks like it, says why there is nothing
+    for command in (["reconstruct", "-o", tmp_path / "s.wav"], ["similar"]):
+        nothing = cli(command[0], music / "silent.wav", *command[1:], "--index", tmp_path / "index")
+        assert nothing.exit_code == 1 and "is not indexed: silent" in nothing.output, command
 
 
 def test_silence_is_told_by_a_trained_codec_too(tmp_path, monkeypatch):
