@@ -212,6 +212,10 @@ def index(
             typer.echo(f"{'removed' if prune else 'vanished'} {path}", err=True)
         for old, new, _ in r.moved:
             typer.echo(f"moved {old} -> {new}", err=True)
+        if not (r.indexed or r.skipped or r.failed or r.vanished or r.moved):
+            from indexer.audio import AUDIO_EXTENSIONS
+            typer.echo(f"no audio files under {directory} (looked for {' '.join(sorted(AUDIO_EXTENSIONS))})",
+                       err=True)
         known_bad = f" ({r.skipped_failed} of them failed before)" if r.skipped_failed else ""
         moved = f", moved {len(r.moved)}" if r.moved else ""
         typer.echo(f"{r.index}: indexed {r.indexed}, skipped {r.skipped} unchanged{known_bad}{moved}, "

@@ -295,6 +295,13 @@ def test_a_file_renamed_to_another_fma_id_is_that_track_now(songs_dir, untrained
         (2, str(music / "000002.wav")), (99, str(music / "000099.wav"))]
 
 
+def test_a_folder_without_audio_is_said_to_have_none(untrained_default, tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("no music here")
+    result = cli("index", tmp_path / "notes", "--index", tmp_path / "index", "--checkpoint", untrained_default)
+    assert result.exit_code == 0 and f"no audio files under {tmp_path / 'notes'} (looked for .aac" in result.output
+
+
 def test_bad_files_are_recorded_and_the_run_goes_on(untrained_default, tmp_path):
     music = tmp_path / "music"
     music.mkdir()
