@@ -35,7 +35,17 @@ def print_json(obj) -> None:
     typer.echo(json.dumps(_json_safe(obj)))
 
 
-Device = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda.")]
+def _device(name: str) -> str:
+    """Checked as the command line is read: an unknown device, or cuda where torch sees none, is a usage error."""
+    from .device import pick_device
+    try:
+        pick_device(name)
+    except (RuntimeError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    return name
+
+
+Device = Annotated[str, typer.Option(help="auto (CUDA when present, else CPU), cpu or cuda.", callback=_device)]
 Json = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 
 
@@ -231,6 +241,7 @@ def query(
     index_dir: IndexDir = DEFAULT_INDEX_DIR,
     top: Annotated[int, typer.Option(min=1, help="Matches per clip.")] = 5,
     min_score: Annotated[float | None, typer.Option(
+        min=-1.0, max=1.0,
         help="No-match threshold: hide matches scoring below this (-1 to 1; 0 shows every candidate). "
              "Default: the index's rule; for an index built now, a match scores at least 0.45 and "
              "score + 0.5 x (score - the best other track's score) reaches 0.6 (see BENCHMARKS.md for its "

@@ -59,6 +59,16 @@ def test_evaluate_skips_silence_whose_r2_and_snr_have_no_value(music_dir, untrai
     assert f"skipped {music_dir / 'silent.wav'}: silent" in result.output
 
 
+def test_a_device_or_threshold_out_of_range_is_a_usage_error(tmp_path):
+    import torch
+    bad = [["query", "clip.wav", "--device", "tpu"], ["query", "clip.wav", "--min-score", "2"]]
+    if not torch.cuda.is_available():
+        bad.append(["reconstruct", "2", "-o", str(tmp_path / "o.wav"), "--device", "cuda"])
+    for args in bad:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and "Invalid value for '--" in result.output, args
+
+
 def test_train_refuses_to_overwrite(music_dir, tmp_path):
     (tmp_path / "x.pt").write_bytes(b"x")
     result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--out", str(tmp_path / "x.pt")])
