@@ -10,6 +10,7 @@
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,29 @@ DEFAULT_INDEX = Path("muzip-index")
 
 
 class IndexOpenError(Exception):
-    """An index that cannot be opened as asked (missing, other model, other format)."""
+    """An index that cannot be opened as asked (missing, other model, other format, being indexed already)."""
+
+
+@contextmanager
+def writing(root: Path):
+    """Hold the index at `root` for one indexing run: a second run beside it would repeat all its work (the
+    catalog stays right either way). The lock is the kernel's (flock), so a run killed at any moment frees it."""
+    import fcntl
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / "index.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            raise IndexOpenError(f"another index run{f' (pid {pid})' if pid else ''} is writing to {root}; "
+                                 f"wait for it to finish, or stop it") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield  # closing the file frees the lock
 
 
 def default_index_dir() -> Path:

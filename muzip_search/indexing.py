@@ -5,7 +5,7 @@ from pathlib import Path
 
 
 from indexer.collection import find_audio
-from indexer.index import Index
+from indexer.index import Index, writing
 from indexer.metadata import find_tracks_csv, fma_id, read_tracks_csv
 from indexer.pipeline import file_hash, run
 
@@ -91,6 +91,13 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
     Failed files are recorded with their reason and tried again only when they
     change.
     """
+    with writing(index_dir):
+        return _index_folder(root, index_dir, checkpoint=checkpoint, metadata=metadata, prune=prune, device=device,
+                             workers=workers, progress=progress)
+
+
+def _index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None, metadata: Path | None, prune: bool,
+                  device: str, workers: int | None, progress: bool) -> IndexReport:
     t0 = time.perf_counter()
     index = Index.open(index_dir, checkpoint=checkpoint, create=True, device=pick_device(device))
     try:

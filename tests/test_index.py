@@ -57,6 +57,7 @@ def test_index_reports_and_catalogs_every_song(built, songs_dir):
                      SR, 1, 7) for i in range(SONGS)]
     assert sorted(p.name for p in index_dir.iterdir()) == sorted(
         ["catalog.db", "manifest.json", "model.pt", "tracks-12.faiss", "windows-12.faiss", "mean-12.f32",
+         "index.lock",
          *[n for n in ("catalog.db-wal", "catalog.db-shm") if (index_dir / n).exists()]])
 
 
@@ -278,6 +279,16 @@ def test_reindex_skips_changes_and_prunes(songs_dir, untrained_default, tmp_path
     assert s["tracks"] == 11
     assert json.loads(cli("remove", "5", "--index", index_dir, "--json").stdout) == {"removed": [5]}
     assert json.loads(cli("stats", "--index", index_dir, "--json").stdout)["tracks"] == 10
+
+
+def test_a_second_index_run_beside_a_first_is_refused(songs_dir, untrained_default, tmp_path):
+    from indexer.index import writing
+    index_dir = tmp_path / "index"
+    with writing(index_dir):  # held, as a first run holds it
+        busy = cli("index", songs_dir / "fma_small", "--index", index_dir, "--checkpoint", untrained_default)
+    assert busy.exit_code == 1
+    assert f"another index run (pid {os.getpid()}) is writing to {index_dir}; wait for it" in busy.output
+    assert cli("index", songs_dir / "fma_small", "--index", index_dir, "--checkpoint", untrained_default).exit_code == 0
 
 
 def test_a_file_renamed_to_another_fma_id_is_that_track_now(songs_dir, untrained_default, tmp_path):
