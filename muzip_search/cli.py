@@ -198,11 +198,12 @@ def index(
     Example:  muzip-search index fma_small/ --index ~/fma-index
     """
     from indexer.index import IndexOpenError
+    from indexer.metadata import MetadataError
     from .indexing import index_folder
     try:
         r = index_folder(directory, index_dir, checkpoint=checkpoint, metadata=metadata, prune=prune,
                          device=device, workers=workers, progress=not json_out)
-    except (IndexOpenError, CheckpointError, RuntimeError) as err:
+    except (IndexOpenError, CheckpointError, MetadataError, RuntimeError) as err:
         fail(str(err))
     except KeyboardInterrupt:  # Ctrl-C: every track is written in its own transaction, so none is lost
         typer.echo("\ninterrupted: the tracks indexed so far are kept; run the same command again to finish",
@@ -214,8 +215,10 @@ def index(
                     "vanished": r.vanished, "moved": {old: new for old, new, _ in r.moved}, "pruned": r.pruned,
                     "audio_hours": round(r.audio_hours, 4),
                     "seconds": round(r.seconds, 2), "realtime": round(r.realtime, 1), "stages": r.stages,
-                    "metadata": r.metadata})
+                    "metadata": r.metadata, "metadata_error": r.metadata_error})
     else:
+        if r.metadata_error:
+            typer.echo(f"warning: {r.metadata_error}; indexed without it", err=True)
         for path, reason in r.failed.items():
             typer.echo(f"failed {path}: {reason}", err=True)
         for path in r.vanished:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from indexer.collection import find_audio
 from indexer.index import Index, writing
-from indexer.metadata import find_tracks_csv, fma_id, read_tracks_csv
+from indexer.metadata import MetadataError, find_tracks_csv, fma_id, read_tracks_csv
 from indexer.pipeline import file_hash, run
 
 from .device import pick_device
@@ -28,6 +28,7 @@ class IndexReport:
     audio_hours: float = 0.0
     seconds: float = 0.0
     metadata: str | None = None
+    metadata_error: str | None = None                       # a tracks.csv found but not read: why
     stages: dict[str, float] = field(default_factory=dict)  # decode / encode / pool+write seconds
 
     @property
@@ -110,8 +111,13 @@ def _index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None, metad
             ids = [index.catalog.track_by_path(p)["id"] for p in report.vanished]
             report.pruned = index.catalog.remove(ids)
         csv_path = metadata or find_tracks_csv(root)
-        meta = read_tracks_csv(csv_path) if csv_path else {}
-        report.metadata = str(csv_path) if csv_path else None
+        try:
+            meta = read_tracks_csv(csv_path) if csv_path else {}
+            report.metadata = str(csv_path) if csv_path else None
+        except MetadataError as err:
+            if metadata:  # named on the command line: an error
+                raise
+            meta, report.metadata_error = {}, str(err)  # found beside the folder: indexed without it, said so
 
         bar = progress_bar(len(todo), "index", "file", progress)
         audio, failed, t_run = [0.0], [0], time.perf_counter()

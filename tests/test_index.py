@@ -306,6 +306,22 @@ def test_a_file_renamed_to_another_fma_id_is_that_track_now(songs_dir, untrained
         (2, str(music / "000002.wav")), (99, str(music / "000099.wav"))]
 
 
+def test_a_tracks_csv_not_of_fma_is_an_error_when_named_a_warning_when_found(untrained_default, tmp_path):
+    music = tmp_path / "fma_small"
+    music.mkdir()
+    sf.write(music / "000002.wav", song(2.0, seed=8), SR)
+    bad = tmp_path / "fma_metadata" / "tracks.csv"
+    bad.parent.mkdir()
+    bad.write_text("title,artist\nFood,AWOL\n")
+    named = cli("index", music, "--index", tmp_path / "a", "--checkpoint", untrained_default, "--metadata", bad)
+    why = (f"{bad}: not an FMA tracks.csv (its two header rows name none of track/title, artist/name, "
+           f"album/title, track/genre_top)")
+    assert (named.exit_code, named.output.strip().splitlines()[-1]) == (1, f"error: {why}")
+    found = cli("index", music, "--index", tmp_path / "b", "--checkpoint", untrained_default, "--json")
+    r = json.loads(found.stdout)
+    assert (found.exit_code, r["indexed"], r["metadata"], r["metadata_error"]) == (0, 1, None, why)
+
+
 def test_a_folder_without_audio_is_said_to_have_none(untrained_default, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no music here")
