@@ -368,6 +368,8 @@ def similar(
     if json_out:
         print_json({"track_id": tid, "similar": rows})
     else:
+        if not rows:
+            typer.echo(f"track {tid} is the only track in {idx.root}", err=True)
         for r in rows:
             label = " - ".join(v for v in (r["artist"], r["title"]) if v) or Path(r["path"]).name
             typer.echo(f"track {r['track_id']}  score {r['score']:.3f}  {label}")

@@ -322,6 +322,14 @@ def test_a_tracks_csv_not_of_fma_is_an_error_when_named_a_warning_when_found(unt
     assert (found.exit_code, r["indexed"], r["metadata"], r["metadata_error"]) == (0, 1, None, why)
 
 
+def test_similar_in_an_index_of_one_track_says_so(untrained_default, tmp_path):
+    sf.write(tmp_path / "000002.wav", song(2.0, seed=8), SR)
+    assert cli("index", tmp_path / "000002.wav", "--index", tmp_path / "i", "--checkpoint", untrained_default
+               ).exit_code == 0
+    alone = cli("similar", "2", "--index", tmp_path / "i")
+    assert (alone.exit_code, alone.output) == (0, f"track 2 is the only track in {tmp_path / 'i'}\n")
+
+
 def test_a_folder_without_audio_is_said_to_have_none(untrained_default, tmp_path):
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "readme.txt").write_text("no music here")
