@@ -182,18 +182,18 @@ def train(root: Path, out: Path, *, preset_name: str = "default", epochs: int = 
             bar.write(f"epoch {h['epoch']}: train mse {h['train_mse']:.3e}  val mse {h['val_mse']:.3e}{views_part}",
                       file=sys.stderr)
 
-    stop = threading.Event()
+    stop, interrupted = threading.Event(), None
     try:
         with _stop_on_ctrl_c(stop):
             state = fit(model, optimizer, sampler, val, epochs=epochs, device=dev, state=state, on_step=on_step,
                         on_epoch=on_epoch, checkpoint_every=checkpoint_every, on_checkpoint=save, views=views,
                         head_views=head_views, val_views=val_views, cosine=cosine)
-    except TrainInterrupted:
-        bar.close()
-        save(state)  # `fit` counts in `state` the steps it finished: a resume goes on from there
-        raise
+    except TrainInterrupted as err:
+        interrupted = err
     bar.close()
-    save(state)
+    save(state)  # `fit` counts in `state` the steps it finished: after Ctrl-C, a resume goes on from there
+    if interrupted:
+        raise interrupted
     return TrainReport(str(out), cfg.name, len(train_tracks), len(val_tracks), failed, state.epoch,
                        state.step, round(state.seconds, 1), state.history)
 
