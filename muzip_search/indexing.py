@@ -1,5 +1,6 @@
 """`index`: bring an index up to date with a music folder."""
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,16 +93,9 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
     Failed files are recorded with their reason and tried again only when they
     change.
     """
-    with writing(index_dir):
-        return _index_folder(root, index_dir, checkpoint=checkpoint, metadata=metadata, prune=prune, device=device,
-                             workers=workers, progress=progress)
-
-
-def _index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None, metadata: Path | None, prune: bool,
-                  device: str, workers: int | None, progress: bool) -> IndexReport:
     t0 = time.perf_counter()
-    index = Index.open(index_dir, checkpoint=checkpoint, create=True, device=pick_device(device))
-    try:
+    with writing(index_dir), closing(Index.open(index_dir, checkpoint=checkpoint, create=True,
+                                                device=pick_device(device))) as index:
         root = Path(root).resolve()
         paths = find_audio(root)
         todo, report = _plan(root, paths, index.catalog.known(), str(index_dir), progress)
@@ -145,5 +139,3 @@ def _index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None, metad
             faiss_bar.close()
         report.seconds = time.perf_counter() - t0
         return report
-    finally:
-        index.close()
