@@ -116,13 +116,10 @@ class Catalog:
         """path -> (size, mtime, status, content hash) of every file in the catalog."""
         return {r[0]: tuple(r[1:]) for r in self.db.execute("select path, size, mtime, status, hash from tracks")}
 
-    def touch(self, mtimes: list[tuple[str, float]]) -> None:
-        """Record new mtimes of files whose content is unchanged: (path, mtime) pairs."""
-        self.move([(p, p, m) for p, m in mtimes])
-
     def move(self, moves: list[tuple[str, str, float]]) -> None:
-        """Record where files whose content is unchanged are now: (old path, new path, mtime) triples. Their
-        tracks keep their ids, latents and vectors; nothing searched changes, so the generation stays."""
+        """Record where files whose content is unchanged are now, and their mtimes: (old path, new path, mtime)
+        triples (the same path twice for a file only touched). Their tracks keep their ids, latents and vectors;
+        nothing searched changes, so the generation stays."""
         if not moves:
             return
         self.db.execute("begin immediate")

@@ -99,8 +99,7 @@ def index_folder(root: Path, index_dir: Path, *, checkpoint: Path | None = None,
         root = Path(root).resolve()
         paths = find_audio(root)
         todo, report = _plan(root, paths, index.catalog.known(), str(index_dir), progress)
-        index.catalog.touch(report.touched)
-        index.catalog.move(report.moved)
+        index.catalog.move(report.moved + [(p, p, mtime) for p, mtime in report.touched])
         if prune and report.vanished:
             ids = [index.catalog.track_by_path(p)["id"] for p in report.vanished]
             report.pruned = index.catalog.remove(ids)
