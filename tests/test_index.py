@@ -409,6 +409,18 @@ def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
     assert db.execute("select seconds, chunks from tracks").fetchall() == [(5.0, 6)]
 
 
+def wait_for_tracks(db_path: Path, n: int, timeout: float = 120.0) -> None:
+    """Until an `index` run in another process has written `n` tracks to the catalog at `db_path`."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if db_path.exists() and sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0] >= n:
+                return
+        except sqlite3.OperationalError:  # the catalog being created
+            pass
+        time.sleep(0.05)
+
+
 def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_path):
     music = tmp_path / "music"
     music.mkdir()
@@ -420,15 +432,7 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     proc = subprocess.Popen(cmd + [str(tmp_path / "killed")], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     db_path = tmp_path / "killed" / "catalog.db"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            n = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0] if db_path.exists() else 0
-        except sqlite3.OperationalError:
-            n = 0
-        if n >= 5:
-            break
-        time.sleep(0.05)
+    wait_for_tracks(db_path, 5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed_at = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]
@@ -460,14 +464,7 @@ def test_ctrl_c_says_what_is_kept_and_a_rerun_finishes(untrained_default, tmp_pa
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     db_path = tmp_path / "index" / "catalog.db"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        try:
-            if db_path.exists() and sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]:
-                break
-        except sqlite3.OperationalError:
-            pass
-        time.sleep(0.05)
+    wait_for_tracks(db_path, 1)
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     kept = sqlite3.connect(db_path).execute("select count(*) from tracks").fetchone()[0]
