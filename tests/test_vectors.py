@@ -80,6 +80,11 @@ def test_align_scores_every_lag_as_the_correlation_computed_lag_by_lag():
     assert align(query, track, 231, 300) == (-1, -1.0)  # past the end: the query fits nowhere
 
 
+def test_fft_sizes_are_the_next_products_of_twos_and_threes():
+    from indexer.vectors import fft_size
+    assert [fft_size(n) for n in (1, 2, 5, 7, 9, 1000, 46700, 65537)] == [1, 2, 6, 8, 9, 1024, 49152, 69984]
+
+
 def test_band_energies_sum_the_power_of_the_bins_in_each_band():
     import torch
 
