@@ -15,15 +15,49 @@ class NotInIndex(Exception):
 
 def reconstruct(index: Index, track_id: int, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
     """Mono float32 `[T]` of seconds [start_s, end_s) of a stored track, decoded from its latents."""
-    cfg = index.model.cfg
+    start, end = _samples(index, track_id, start_s, end_s)
+    return _decode(index, track_id, start, end)
+
+
+class Spans:
+    """`reconstruct` for one query's many re-scores: each track's decoded stretch is kept, so a second look at
+    it (the same candidate on more of the clip, or after a cheap check of its waveform) decodes only the part
+    not decoded yet. Decoding is frame by frame, so a stretch decoded in parts holds the same samples."""
+
+    def __init__(self, index: Index):
+        self.index = index
+        self.kept: dict[int, tuple[int, np.ndarray]] = {}  # track -> (its first sample, the samples)
+
+    def __call__(self, track_id: int, start_s: float, end_s: float) -> np.ndarray:
+        start, end = _samples(self.index, track_id, start_s, end_s)
+        first, y = self.kept.get(track_id, (start, np.zeros(0, np.float32)))
+        last = first + len(y)
+        if start > last or end < first:  # apart from what is kept: keep this instead
+            first, y, last = start, np.zeros(0, np.float32), start
+        if start < first or end > last:
+            y = np.concatenate([_decode(self.index, track_id, start, first) if start < first else y[:0], y,
+                                _decode(self.index, track_id, last, end) if end > last else y[:0]])
+            first = min(first, start)
+            self.kept[track_id] = (first, y)
+        return y[start - first:end - first]
+
+
+def _samples(index: Index, track_id: int, start_s: float, end_s: float | None) -> tuple[int, int]:
+    """Seconds [start_s, end_s) of a track (end None: its end) as samples, within the track."""
     samples = index.catalog.track_samples(track_id)
     if samples is None:
         raise NotInIndex(f"track {track_id} is not in the index")
-    start = min(max(0, int(round(start_s * cfg.sample_rate))), samples)
-    end = samples if end_s is None else min(samples, max(start, int(round(end_s * cfg.sample_rate))))
-    first, last = start // cfg.chunk, -(-end // cfg.chunk)
+    sr = index.model.cfg.sample_rate
+    start = min(max(0, int(round(start_s * sr))), samples)
+    end = samples if end_s is None else min(samples, max(start, int(round(end_s * sr))))
+    return start, end
+
+
+def _decode(index: Index, track_id: int, start: int, end: int) -> np.ndarray:
+    chunk = index.model.cfg.chunk
+    first, last = start // chunk, -(-end // chunk)
     z, _ = index.catalog.latents(track_id, first, last)
-    return decode_span(index.model, torch.from_numpy(z.copy()), start - first * cfg.chunk, end - first * cfg.chunk)
+    return decode_span(index.model, torch.from_numpy(z.copy()), start - first * chunk, end - first * chunk)
 
 
 def write_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:

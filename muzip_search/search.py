@@ -13,7 +13,7 @@ from indexer.index import Index
 from indexer.vectors import (VectorConfig, align, band_energies, band_spectrogram, centre, log_bands, split_id,
                              window_id, window_vectors)
 
-from .reconstruct import NotInIndex, reconstruct
+from .reconstruct import NotInIndex, Spans
 
 
 class ClipTooShort(Exception):
@@ -41,8 +41,10 @@ class Match:
 
 @dataclass
 class _Clip:
-    """A query clip, with the band spectrograms of its middle pieces: computed once for every candidate re-scored."""
+    """A query clip, with the band spectrograms of its middle pieces (computed once for every candidate
+    re-scored) and the stretches of tracks decoded for it."""
     x: np.ndarray
+    tracks: Spans
     spectrograms: dict[int, np.ndarray] = field(default_factory=dict)
 
     def middle(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, np.ndarray, np.ndarray]:
@@ -122,7 +124,7 @@ class Searcher:
                 break
             candidates.append(c)
             tracks.add(c[0])
-        clip = _Clip(x)
+        clip = _Clip(x, Spans(self.index))
         hits = self._verify(clip, [(*self._rescore(clip, tid, offset), False) for tid, offset, _ in candidates])
         if self.cfg.margin_weight and len(tracks) == 1 and self.cfg.score_floor <= hits[0][2] < self.threshold(seconds):
             # only its margin can make the best a match, and no other track was re-scored: the next one in the vote
@@ -133,7 +135,8 @@ class Searcher:
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
         # one or few windows vote too weakly to scan a track with)
         if self.cfg.scan and most == self.cfg.rescore and self.accepts(hits[0][2], _other(hits, 0), seconds):
-            more = self._rescan(clip, qv, qt, hits[0][0], s.mean, [h[:2] for h in candidates + hits])
+            more = self._rescan(clip, qv, qt, hits[0][0], s.mean, [h[:2] for h in candidates + hits],
+                                beat=self._beat(hits))
             hits = self._verify(clip, hits + more)
             hits = self._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in candidates + hits], hits)
         seen: set[int] = set()
@@ -267,15 +270,51 @@ class Searcher:
             return hits
         # those tracks first, then the vote's others, in its order: the true start's track may not have been re-scored
         tracks = [t for t in dict.fromkeys(tied + [c[0] for c in voted]) if t != best[0]][:cfg.tie_tracks]
-        more = [h for tid in tracks for h in self._rescan(clip, qv, qt, tid, mean, tried, cfg.tie_starts)]
+        beat = self._beat(hits)
+        more = [h for tid in tracks for h in self._rescan(clip, qv, qt, tid, mean, tried, cfg.tie_starts, beat)]
         return self._verify(clip, hits + more)
 
     def _rescan(self, clip: _Clip, qv: np.ndarray, qt: np.ndarray, tid: int, mean: np.ndarray,
-                tried: list[tuple[int, float]], most: int | None = None) -> list[tuple[int, float, float, bool]]:
+                tried: list[tuple[int, float]], most: int | None = None,
+                beat: float | None = None) -> list[tuple[int, float, float, bool]]:
         """The starts of track `tid` that `_scan` offers beside those in `tried` ((track, start) pairs), up to
-        `most` of them, re-scored: hits as in `_verify`, not verified."""
+        `most` of them, re-scored: hits as in `_verify`, not verified. With `beat`, only those whose `_ceiling`
+        reaches it: the others cannot outscore it, and are left out unscored."""
         starts = self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:most]
-        return [(*self._rescore(clip, tid, o), False) for o in starts]
+        return [(*self._rescore(clip, tid, o), False) for o in starts
+                if beat is None or self._ceiling(clip, tid, o) >= beat]
+
+    def _beat(self, hits: list[tuple[int, float, float, bool]]) -> float | None:
+        """The score a start found by a scan must be able to reach to be worth re-scoring: the best's (best
+        first in `hits`), where that is sure; None (re-score them all) where it is not, since `_verify` may
+        then re-score a start a little behind the best on more audio, where it can come out ahead."""
+        best = hits[0][2]
+        return best - 1e-4 if best >= self.cfg.sure_score else None
+
+    def _ceiling(self, clip: _Clip, tid: int, offset: float) -> float:
+        """The most `_rescore` can give the candidate at `offset` in track `tid`, from its waveform alone.
+
+        The score weighs a correlation of spectrograms (at most 1) with that of
+        the waveforms on the middle `waveform_s` of the clip's re-scored piece,
+        at a start within a hop and two spectrogram frames of `offset`. Here the
+        waveform's best correlation at any such start: the cheap half of a
+        re-score (a fraction of the audio decoded, no spectrograms), which a
+        start that holds other music than the clip fails by far; a scan offers a
+        dozen of those for one that holds the clip's very audio.
+        """
+        cfg = self.cfg
+        sr = self.index.model.cfg.sample_rate
+        keep = min(len(clip.x), int(cfg.rescore_max_s * sr))
+        n = min(keep, int(cfg.waveform_s * sr))
+        at = (len(clip.x) - keep) // 2 + (keep - n) // 2  # where `_rescore`'s waveform piece lies in the clip
+        reach = cfg.hop_s + 3 * cfg.spec_hop_s  # the slack, the two frames, and one for rounding
+        try:
+            seg = clip.tracks(tid, offset + at / sr - reach, offset + (at + n) / sr + reach)
+        except NotInIndex:
+            return -1.0
+        wave = align(clip.x[at:at + n, None], seg[:, None], 0, len(seg) - n)[1]
+        w = cfg.waveform_weight
+        return (1.0 + w * max(wave, 0.0)) / (1 + w)
 
     def _rescore(self, clip: _Clip, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:
@@ -303,7 +342,7 @@ class Searcher:
         slack = cfg.hop_s
         start = max(0.0, offset + skip / sr - slack)
         try:
-            seg = reconstruct(self.index, tid, start, offset + (skip + keep) / sr + slack)
+            seg = clip.tracks(tid, start, offset + (skip + keep) / sr + slack)
         except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
         samples = self.index.catalog.track_samples(tid) or 0

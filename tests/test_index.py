@@ -547,6 +547,7 @@ def test_near_copies_of_a_clip_in_other_tracks_have_those_tracks_scanned_for_the
     import dataclasses
 
     from indexer.index import Index
+    from muzip_search.reconstruct import Spans
     from muzip_search.search import Searcher, _Clip
     # three clips of one song: the same 5-s passage, each with a little of its own counter-melody (-16 dB)
     passage = song(5.0, seed=50)
@@ -557,7 +558,7 @@ def test_near_copies_of_a_clip_in_other_tracks_have_those_tracks_scanned_for_the
     searcher = Searcher(Index.open(tmp_path / "idx", readonly=True))
     a, b, c = (searcher.index.catalog.track_by_path(str(tmp_path / f"{n}.wav"))["id"] for n in "abc")
     x = sf.read(tmp_path / "c.wav", dtype="float32")[0][int(1.37 * SR):int(4.37 * SR)]  # 3 s of c
-    clip, s = _Clip(x), searcher.index.searchable()
+    clip, s = _Clip(x, Spans(searcher.index)), searcher.index.searchable()
     qv, qt = searcher._windows(x, s.mean)
     # as in a big index where the song's other clips fill the neighbours: a and b were re-scored, tied as near
     # copies, while the vote offered c only at a wrong start, not re-scored
@@ -570,6 +571,49 @@ def test_near_copies_of_a_clip_in_other_tracks_have_those_tracks_scanned_for_the
     off = dataclasses.replace(searcher.cfg, tie_score=0.0)
     searcher.cfg = off
     assert searcher._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in hits], hits) == hits
+
+
+def test_a_scan_re_scores_only_the_starts_whose_waveform_ceiling_can_beat_a_sure_best(built, monkeypatch):
+    from indexer.index import Index
+    from muzip_search.reconstruct import Spans
+    from muzip_search.search import Searcher, _Clip
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    clip = _Clip(cut(9, 0.8, 3.0), Spans(searcher.index))
+    # the true start, a wrong one in its track, another track: the ceiling is never under the score
+    ceilings, scores = [], []
+    for tid, start in [(9, 0.8), (9, 2.3), (4, 0.8)]:
+        ceilings.append(searcher._ceiling(clip, tid, start))
+        scores.append(searcher._rescore(clip, tid, start)[2])
+    # (the untrained codec decodes the true start a little off the clip: 0.99 where a trained one gives 1.0)
+    assert [round(c, 2) for c in ceilings] == [0.99, 0.85, 0.88] and all(c >= s for c, s in zip(ceilings, scores))
+    # only a sure best is a score to beat: under it, `_verify` may take a start a little behind it to the top
+    assert searcher._beat([(9, 0.8, 0.95, False)]) == 0.95 - 1e-4 and searcher._beat([(9, 0.8, 0.7, True)]) is None
+    monkeypatch.setattr(Searcher, "_scan", lambda self, qv, qt, tid, mean, tried: [0.8, 2.3])
+    rescored = []
+    rescore = Searcher._rescore
+    monkeypatch.setattr(Searcher, "_rescore", lambda self, clip, tid, o, *a: rescored.append(o) or
+                        rescore(self, clip, tid, o, *a))
+    assert len(searcher._rescan(clip, None, None, 9, None, [], beat=0.95)) == 1 and rescored == [0.8]
+    rescored.clear()
+    assert len(searcher._rescan(clip, None, None, 9, None, [])) == 2 and rescored == [0.8, 2.3]
+
+
+def test_a_tracks_stretch_decoded_in_parts_for_a_query_is_the_stretch_decoded_at_once(built, monkeypatch):
+    import muzip_search.reconstruct as rec
+    from indexer.index import Index
+    index = Index.open(built[0], readonly=True)
+    asked = [(1.0, 2.0), (0.5, 3.0), (2.5, 2.7), (2.9, 4.1), (5.0, 9.0)]
+    whole = [rec.reconstruct(index, 3, a, b) for a, b in asked]
+    decoded = []
+    decode = rec._decode
+    monkeypatch.setattr(rec, "_decode", lambda index, tid, a, b: decoded.append((a, b)) or decode(index, tid, a, b))
+    spans = rec.Spans(index)
+    for (a, b), y in zip(asked, whole):
+        np.testing.assert_allclose(spans(3, a, b), y, atol=1e-6)
+    s = SR // 2
+    # only what was not decoded yet; a stretch apart from the one kept (and cut at the track's end) replaces it
+    assert decoded == [(2 * s, 4 * s), (s, 2 * s), (4 * s, 6 * s), (6 * s, 180810), (10 * s, 12 * s)]
+    assert [(k, first, len(y)) for k, (first, y) in spans.kept.items()] == [(3, 10 * s, 2 * s)]
 
 
 def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built):
@@ -729,6 +773,7 @@ def test_an_unsure_best_and_the_candidates_near_it_are_all_verified_on_as_much_a
     import dataclasses
 
     from indexer.index import Index
+    from muzip_search.reconstruct import Spans
     from muzip_search.search import Searcher, _Clip
     searcher = Searcher(Index.open(built[0], readonly=True))
     assert (searcher.cfg.verify, searcher.cfg.verify_margin, searcher.cfg.sure_score) == (4, 0.05, 0.8)
@@ -736,7 +781,7 @@ def test_an_unsure_best_and_the_candidates_near_it_are_all_verified_on_as_much_a
     longer = {(1, 20.0): 0.695, (1, 5.0): 0.70, (2, 9.0): 0.30}
     monkeypatch.setattr(Searcher, "_rescore", lambda self, clip, tid, offset, seconds=None: (
         tid, offset, longer[tid, offset]))
-    clip = _Clip(np.zeros(3 * SR, np.float32))
+    clip = _Clip(np.zeros(3 * SR, np.float32), Spans(searcher.index))
     hits = [(1, 20.0, 0.72, False), (1, 5.0, 0.69, False), (2, 9.0, 0.60, False)]
     assert searcher._verify(clip, hits) == [(1, 5.0, 0.70, True), (1, 20.0, 0.695, True), (2, 9.0, 0.60, False)]
     # as indexes built before verify_margin: once the best was verified, the repeat stayed ahead of the start
