@@ -51,6 +51,8 @@ class VectorConfig:
     margin_weight: float = 0.5   # (0: the score alone) music that is not in the index scores alike in several
                                  # tracks (margin: median 0.03), a recording of a track stands out (room: 0.27-0.37)
     score_floor: float = 0.45    # ...and the score itself at least this, however clear the margin
+    same_music: float = 0.8      # ...where tracks whose matched stretches correlate with the best's at this or more
+                                 # (the same music: a song held twice, or cut into clips) are not "other" (0: they are)
     spec_hop_s: float = 0.01     # hop of the re-scoring spectrogram
     spec_bands: int = 48         # log-spaced bands from 150 Hz to 4 kHz
     spec_floor: float = 1.0      # band energies floored at this times their mean before the log (0: none)
@@ -76,7 +78,7 @@ class VectorConfig:
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
-           "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0}
+           "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0, "same_music": 0.0}
 
 
 @dataclass(frozen=True)

@@ -134,13 +134,13 @@ class Searcher:
         # so that more starts tried cannot turn music that is not in the index into a match; and only where the
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
         # one or few windows vote too weakly to scan a track with)
-        if self.cfg.scan and most == self.cfg.rescore and self.accepts(hits[0][2], _other(hits, 0), seconds):
+        if self.cfg.scan and most == self.cfg.rescore and self._accepted(clip, hits, 0, seconds):
             more = self._rescan(clip, qv, qt, hits[0][0], s.mean, [h[:2] for h in candidates + hits],
                                 beat=self._beat(hits))
             hits = self._verify(clip, hits + more)
             hits = self._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in candidates + hits], hits)
         seen: set[int] = set()
-        found = [(*h[:3], self.accepts(h[2], _other(hits, i), seconds)) for i, h in enumerate(hits)
+        found = [(*h[:3], self._accepted(clip, hits, i, seconds)) for i, h in enumerate(hits)
                  if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
         found = [h for h in found if (h[3] if min_score is None else h[2] >= min_score)]
         rows = self.index.catalog.tracks(h[0] for h in found[:top])
@@ -148,6 +148,42 @@ class Searcher:
         return [Match(tid, rows[tid]["path"], round(off, 3) + 0.0, round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], seconds, clear)
                 for tid, off, score, clear in found[:top]]
+
+    def _accepted(self, clip: _Clip, hits: list[tuple], i: int, seconds: float) -> bool:
+        """Whether hit `i` of `hits` (best first) is a match by default: `accepts` against the best score of
+        another track, leaving out other tracks that hold the same music where they matched (`_same_music`):
+        a collection may hold a song twice, or cut into clips, and a second copy of it scoring alike says
+        nothing against the first."""
+        h, seen = hits[i], {hits[i][0]}
+        for o in hits:
+            if o[0] in seen:
+                continue
+            seen.add(o[0])
+            if self.accepts(h[2], o[2], seconds):
+                return True  # and so against every track behind this one
+            if h[2] < self.cfg.score_floor or not self._same_music(clip, h, o):
+                return False
+        return self.accepts(h[2], 0.0, seconds)
+
+    def _same_music(self, clip: _Clip, a: tuple, b: tuple) -> bool:
+        """Whether hits `a` and `b` (track, start, ...) hold the same music for the clip's length (its middle
+        `verify_s` at most): their band spectrograms correlate at `same_music` or more, at the best lag
+        within a tenth of a second. Where the benchmark's clips matched two tracks alike (BENCHMARKS.md),
+        those of two songs correlated at 0.72 at most (all but one under 0.59), and 10 of those of two clips
+        of one song at 0.80 to 0.99, the one passage twice."""
+        cfg = self.cfg
+        if cfg.same_music <= 0:
+            return False
+        sr = self.index.model.cfg.sample_rate
+        keep = min(len(clip.x), int(max(cfg.verify_s, cfg.rescore_max_s) * sr))
+        skip = (len(clip.x) - keep) // 2
+        try:
+            x = clip.tracks(a[0], a[1] + skip / sr, a[1] + (skip + keep) / sr)
+            y = clip.tracks(b[0], b[1] + skip / sr - 0.1, b[1] + (skip + keep) / sr + 0.1)
+        except NotInIndex:  # removed since
+            return False
+        p, q = band_spectrogram(x, sr, cfg), band_spectrogram(y, sr, cfg)
+        return align(p, q, 0, len(q) - len(p))[1] >= cfg.same_music
 
     def _windows(self, x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`."""
@@ -391,8 +427,3 @@ def threads(n: int | None):
     finally:
         torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])
-
-
-def _other(hits: list[tuple], i: int) -> float:
-    """The best score in `hits` (best first) of a track other than hit `i`'s; 0 where there is none."""
-    return next((h[2] for h in hits if h[0] != hits[i][0]), 0.0)

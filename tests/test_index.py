@@ -616,6 +616,32 @@ def test_a_tracks_stretch_decoded_in_parts_for_a_query_is_the_stretch_decoded_at
     assert [(k, first, len(y)) for k, (first, y) in spans.kept.items()] == [(3, 10 * s, 2 * s)]
 
 
+def test_a_second_copy_of_the_music_found_does_not_count_against_it(untrained_default, tmp_path):
+    import dataclasses
+
+    from indexer.index import Index
+    from muzip_search.reconstruct import Spans
+    from muzip_search.search import Searcher, _Clip
+    # a song held twice (an album's and a compilation's file), and another song
+    sf.write(tmp_path / "album.wav", song(5.0, seed=80), SR)
+    sf.write(tmp_path / "compilation.wav", song(5.0, seed=80), SR)
+    sf.write(tmp_path / "other.wav", song(5.0, seed=81), SR)
+    assert cli("index", tmp_path, "--index", tmp_path / "idx", "--checkpoint", untrained_default).exit_code == 0
+    searcher = Searcher(Index.open(tmp_path / "idx", readonly=True))
+    a, b, c = (searcher.index.catalog.track_by_path(str(tmp_path / f"{n}.wav"))["id"]
+               for n in ("album", "compilation", "other"))
+    clip = _Clip(np.zeros(2 * SR, np.float32), Spans(searcher.index))
+    assert searcher.cfg.same_music == 0.8
+    assert searcher._same_music(clip, (a, 1.5), (b, 1.5)) and not searcher._same_music(clip, (a, 1.5), (c, 1.5))
+    # an unsure score (a room's): the copy, alike, is passed over for the other song, far behind
+    copies = [(a, 1.5, 0.55, False), (b, 1.5, 0.55, False), (c, 0.7, 0.3, False)]
+    assert [searcher._accepted(clip, copies, i, 2.0) for i in range(3)] == [True, True, False]
+    # another song scoring alike still makes it no match
+    assert not searcher._accepted(clip, [(a, 1.5, 0.55, False), (c, 0.7, 0.54, False)], 0, 2.0)
+    searcher.cfg = dataclasses.replace(searcher.cfg, same_music=0.0)  # as indexes built before
+    assert [searcher._accepted(clip, copies, i, 2.0) for i in range(3)] == [False, False, False]
+
+
 def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built):
     import faiss
     import torch

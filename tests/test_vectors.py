@@ -105,7 +105,8 @@ def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     new = VectorConfig()
     assert VectorConfig.from_dict(new.to_dict()) == new
     added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0,
-             "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "tie_score": 0.0}  # their old behaviour
+             "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "tie_score": 0.0,
+             "same_music": 0.0}  # their old behaviour
     old = {k: v for k, v in new.to_dict().items() if k not in added}
     assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
