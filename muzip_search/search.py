@@ -41,11 +41,13 @@ class Match:
 
 @dataclass
 class _Clip:
-    """A query clip, with the band spectrograms of its middle pieces (computed once for every candidate
-    re-scored) and the stretches of tracks decoded for it."""
+    """A query clip, with what is worked out once for all its candidates: the band spectrograms of its middle
+    pieces, the stretches of tracks decoded for it, and which matched stretches hold the same music."""
     x: np.ndarray
     tracks: Spans
+    prune: bool = True  # starts that cannot beat a sure best are not re-scored (`Searcher._beat`)
     spectrograms: dict[int, np.ndarray] = field(default_factory=dict)
+    same: dict[tuple, bool] = field(default_factory=dict)  # (track, start, track, start): `Searcher._same_music`
 
     def middle(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, np.ndarray, np.ndarray]:
         """(where the middle `keep` samples start, those samples, their band spectrogram)."""
@@ -124,8 +126,9 @@ class Searcher:
                 break
             candidates.append(c)
             tracks.add(c[0])
-        clip = _Clip(x, Spans(self.index))
-        hits = self._verify(clip, [(*self._rescore(clip, tid, offset), False) for tid, offset, _ in candidates])
+        # the caller who shows candidates gets them all re-scored; otherwise only those that can beat a sure best
+        clip = _Clip(x, Spans(self.index), prune=fill == 1)
+        hits = self._verify(clip, self._rescore_all(clip, [c[:2] for c in candidates]))
         if self.cfg.margin_weight and len(tracks) == 1 and self.cfg.score_floor <= hits[0][2] < self.threshold(seconds):
             # only its margin can make the best a match, and no other track was re-scored: the next one in the vote
             hits = self._verify(clip, hits + [(*self._rescore(clip, tid, offset), False)
@@ -136,18 +139,24 @@ class Searcher:
         # one or few windows vote too weakly to scan a track with)
         if self.cfg.scan and most == self.cfg.rescore and self._accepted(clip, hits, 0, seconds):
             more = self._rescan(clip, qv, qt, hits[0][0], s.mean, [h[:2] for h in candidates + hits],
-                                beat=self._beat(hits))
+                                beat=self._beat(clip, hits[0][2]))
             hits = self._verify(clip, hits + more)
             hits = self._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in candidates + hits], hits)
-        seen: set[int] = set()
-        found = [(*h[:3], self._accepted(clip, hits, i, seconds)) for i, h in enumerate(hits)
-                 if not (h[0] in seen or seen.add(h[0]))]  # each track once, at its best start
-        found = [h for h in found if (h[3] if min_score is None else h[2] >= min_score)]
-        rows = self.index.catalog.tracks(h[0] for h in found[:top])
+        found, seen = [], set()
+        for i, h in enumerate(hits):  # each track once, at its best start, until `top` are found
+            if len(found) == top:
+                break
+            if h[0] in seen or (min_score is not None and h[2] < min_score):
+                continue
+            seen.add(h[0])
+            clear = self._accepted(clip, hits, i, seconds)
+            if clear or min_score is not None:
+                found.append((*h[:3], clear))
+        rows = self.index.catalog.tracks(h[0] for h in found)
         # + 0.0: a start a hair before the track's first sample rounds to -0.0, which prints as "-0.00"
         return [Match(tid, rows[tid]["path"], round(off, 3) + 0.0, round(score, 4), rows[tid]["title"],
                       rows[tid]["artist"], rows[tid]["genre"], seconds, clear)
-                for tid, off, score, clear in found[:top]]
+                for tid, off, score, clear in found]
 
     def _accepted(self, clip: _Clip, hits: list[tuple], i: int, seconds: float) -> bool:
         """Whether hit `i` of `hits` (best first) is a match by default: `accepts` against the best score of
@@ -174,6 +183,14 @@ class Searcher:
         cfg = self.cfg
         if cfg.same_music <= 0:
             return False
+        key = (a[0], a[1], b[0], b[1])
+        if key not in clip.same:
+            clip.same[key] = self._correlate(clip, a, b) >= cfg.same_music
+        return clip.same[key]
+
+    def _correlate(self, clip: _Clip, a: tuple, b: tuple) -> float:
+        """`_same_music`'s correlation of hits `a` and `b`."""
+        cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
         keep = min(len(clip.x), int(max(cfg.verify_s, cfg.rescore_max_s) * sr))
         skip = (len(clip.x) - keep) // 2
@@ -181,9 +198,9 @@ class Searcher:
             x = clip.tracks(a[0], a[1] + skip / sr, a[1] + (skip + keep) / sr)
             y = clip.tracks(b[0], b[1] + skip / sr - 0.1, b[1] + (skip + keep) / sr + 0.1)
         except NotInIndex:  # removed since
-            return False
+            return -1.0
         p, q = band_spectrogram(x, sr, cfg), band_spectrogram(y, sr, cfg)
-        return align(p, q, 0, len(q) - len(p))[1] >= cfg.same_music
+        return align(p, q, 0, len(q) - len(p))[1]
 
     def _windows(self, x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`."""
@@ -306,7 +323,7 @@ class Searcher:
             return hits
         # those tracks first, then the vote's others, in its order: the true start's track may not have been re-scored
         tracks = [t for t in dict.fromkeys(tied + [c[0] for c in voted]) if t != best[0]][:cfg.tie_tracks]
-        beat = self._beat(hits)
+        beat = self._beat(clip, best[2])
         more = [h for tid in tracks for h in self._rescan(clip, qv, qt, tid, mean, tried, cfg.tie_starts, beat)]
         return self._verify(clip, hits + more)
 
@@ -314,18 +331,30 @@ class Searcher:
                 tried: list[tuple[int, float]], most: int | None = None,
                 beat: float | None = None) -> list[tuple[int, float, float, bool]]:
         """The starts of track `tid` that `_scan` offers beside those in `tried` ((track, start) pairs), up to
-        `most` of them, re-scored: hits as in `_verify`, not verified. With `beat`, only those whose `_ceiling`
-        reaches it: the others cannot outscore it, and are left out unscored."""
+        `most` of them, re-scored by `_rescore_all`: hits as in `_verify`, not verified."""
         starts = self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:most]
-        return [(*self._rescore(clip, tid, o), False) for o in starts
-                if beat is None or self._ceiling(clip, tid, o) >= beat]
+        return self._rescore_all(clip, [(tid, o) for o in starts], beat)
 
-    def _beat(self, hits: list[tuple[int, float, float, bool]]) -> float | None:
-        """The score a start found by a scan must be able to reach to be worth re-scoring: the best's (best
-        first in `hits`), where that is sure; None (re-score them all) where it is not, since `_verify` may
-        then re-score a start a little behind the best on more audio, where it can come out ahead."""
-        best = hits[0][2]
-        return best - 1e-4 if best >= self.cfg.sure_score else None
+    def _rescore_all(self, clip: _Clip, pairs: list[tuple[int, float]],
+                     beat: float | None = None) -> list[tuple[int, float, float, bool]]:
+        """(track, start) pairs re-scored in turn: hits as in `_verify`, not verified. Those whose `_ceiling`
+        reaches neither `beat` nor `_beat` of the ones re-scored before them cannot outscore it, and are left
+        out unscored."""
+        hits: list[tuple[int, float, float, bool]] = []
+        for tid, o in pairs:
+            bar = beat
+            if hits and (b := self._beat(clip, max(h[2] for h in hits))) is not None:
+                bar = b if bar is None else max(bar, b)
+            if bar is None or self._ceiling(clip, tid, o) >= bar:
+                hits.append((*self._rescore(clip, tid, o), False))
+        return hits
+
+    def _beat(self, clip: _Clip, best: float) -> float | None:
+        """The score a start must be able to reach to be worth re-scoring, where the best so far scored `best`:
+        that, where it is sure; None (re-score them all) where it is not, since `_verify` may then re-score a
+        start a little behind the best on more audio, where it can come out ahead, or where the clip's caller
+        shows candidates (`clip.prune`)."""
+        return best - 1e-4 if clip.prune and best >= self.cfg.sure_score else None
 
     def _ceiling(self, clip: _Clip, tid: int, offset: float) -> float:
         """The most `_rescore` can give the candidate at `offset` in track `tid`, from its waveform alone.

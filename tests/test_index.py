@@ -586,16 +586,19 @@ def test_a_scan_re_scores_only_the_starts_whose_waveform_ceiling_can_beat_a_sure
         scores.append(searcher._rescore(clip, tid, start)[2])
     # (the untrained codec decodes the true start a little off the clip: 0.99 where a trained one gives 1.0)
     assert [round(c, 2) for c in ceilings] == [0.99, 0.85, 0.88] and all(c >= s for c, s in zip(ceilings, scores))
-    # only a sure best is a score to beat: under it, `_verify` may take a start a little behind it to the top
-    assert searcher._beat([(9, 0.8, 0.95, False)]) == 0.95 - 1e-4 and searcher._beat([(9, 0.8, 0.7, True)]) is None
+    # only a sure best is a score to beat: under it, `_verify` may take a start a little behind it to the top;
+    # and none where the caller shows candidates
+    assert searcher._beat(clip, 0.95) == 0.95 - 1e-4 and searcher._beat(clip, 0.7) is None
+    assert searcher._beat(_Clip(clip.x, clip.tracks, prune=False), 0.95) is None
     monkeypatch.setattr(Searcher, "_scan", lambda self, qv, qt, tid, mean, tried: [0.8, 2.3])
     rescored = []
     rescore = Searcher._rescore
     monkeypatch.setattr(Searcher, "_rescore", lambda self, clip, tid, o, *a: rescored.append(o) or
                         rescore(self, clip, tid, o, *a))
-    assert len(searcher._rescan(clip, None, None, 9, None, [], beat=0.95)) == 1 and rescored == [0.8]
-    rescored.clear()
-    assert len(searcher._rescan(clip, None, None, 9, None, [])) == 2 and rescored == [0.8, 2.3]
+    for beat, prune, tried in [(0.95, True, [0.8]), (None, True, [0.8]), (None, False, [0.8, 2.3])]:
+        rescored.clear()  # with no score to beat, the true start, re-scored first, is one
+        hits = searcher._rescan(_Clip(clip.x, clip.tracks, prune), None, None, 9, None, [], beat=beat)
+        assert len(hits) == len(tried) and rescored == tried
 
 
 def test_a_tracks_stretch_decoded_in_parts_for_a_query_is_the_stretch_decoded_at_once(built, monkeypatch):
