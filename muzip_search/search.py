@@ -57,6 +57,12 @@ class _Clip:
             self.spectrograms[keep] = band_spectrogram(piece, sr, cfg)
         return skip, piece, self.spectrograms[keep]
 
+    def waveform(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, int]:
+        """(where re-scoring's waveform piece starts in the clip, its length): the middle `waveform_s` of the
+        middle `keep` samples."""
+        n = min(keep, int(cfg.waveform_s * sr))
+        return (len(self.x) - keep) // 2 + (keep - n) // 2, n
+
 
 class Searcher:
     """Answers queries against one index; the model and FAISS indexes are loaded once.
@@ -131,8 +137,7 @@ class Searcher:
         hits = self._verify(clip, self._rescore_all(clip, [c[:2] for c in candidates]))
         if self.cfg.margin_weight and len(tracks) == 1 and self.cfg.score_floor <= hits[0][2] < self.threshold(seconds):
             # only its margin can make the best a match, and no other track was re-scored: the next one in the vote
-            hits = self._verify(clip, hits + [(*self._rescore(clip, tid, offset), False)
-                                              for tid, offset, _ in [c for c in voted if c[0] not in tracks][:1]])
+            hits = self._verify(clip, hits + self._rescore_all(clip, [c[:2] for c in voted if c[0] not in tracks][:1]))
         # a match (by the default threshold, whatever `min_score`): is it at its track's right start? Only then,
         # so that more starts tried cannot turn music that is not in the index into a match; and only where the
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
@@ -369,9 +374,7 @@ class Searcher:
         """
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
-        keep = min(len(clip.x), int(cfg.rescore_max_s * sr))
-        n = min(keep, int(cfg.waveform_s * sr))
-        at = (len(clip.x) - keep) // 2 + (keep - n) // 2  # where `_rescore`'s waveform piece lies in the clip
+        at, n = clip.waveform(min(len(clip.x), int(cfg.rescore_max_s * sr)), sr, cfg)  # as `_rescore` compares
         reach = cfg.hop_s + 3 * cfg.spec_hop_s  # the slack, the two frames, and one for rounding
         try:
             seg = clip.tracks(tid, offset + at / sr - reach, offset + (at + n) / sr + reach)
@@ -417,8 +420,8 @@ class Searcher:
         if lag < 0:
             return tid, offset, -1.0
         hop = max(1, int(round(cfg.spec_hop_s * sr)))
-        n = min(len(piece), int(cfg.waveform_s * sr))
-        mid = (len(piece) - n) // 2  # the waveform is compared on the middle of the piece
+        mid, n = clip.waveform(keep, sr, cfg)
+        mid -= skip  # the waveform is compared on the middle of the piece
         at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
         at = at - mid if at >= 0 else lag * hop
         if cfg.exact_spec and wave > 0.5 and 0 <= at <= len(seg) - len(piece):
