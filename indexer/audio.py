@@ -5,7 +5,10 @@ anything it cannot open goes through audioread (ffmpeg, GStreamer or the standar
 library, whichever is installed). Every failure is an `AudioError` with a short
 `reason` a caller can report and count.
 """
+import os
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +45,28 @@ class AudioInfo:
     channels: int
     seconds: float | None  # None where the decoder cannot tell before decoding
     decoder: str
+
+
+@contextmanager
+def _decoder_quiet():
+    """Hold back what a C decoder prints itself for the length of one call: libsndfile's mpg123 writes notes
+    on damaged MP3s ("Illegal Audio-MPEG-Header", "Xing stream size off") to the process's stderr, where they
+    break into a progress bar and name no file. The file's `AudioError`, or its decoded audio, says what
+    matters. Decoding runs in its own processes, or in a thread that prints nothing meanwhile."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (AttributeError, OSError, ValueError):  # no stderr to hold back
+        yield
+        return
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _sniff(path: Path) -> str:
@@ -81,7 +106,8 @@ def info(path) -> AudioInfo:
     path = Path(path)
     _check_file(path)
     try:
-        i = sf.info(str(path))
+        with _decoder_quiet():
+            i = sf.info(str(path))
         return AudioInfo(path, i.samplerate, i.channels, i.frames / i.samplerate, "soundfile")
     except (sf.LibsndfileError, RuntimeError, TypeError):
         pass
@@ -97,10 +123,13 @@ def info(path) -> AudioInfo:
 
 
 def _blocks_soundfile(path: Path, block: int) -> Iterator[np.ndarray]:
-    with sf.SoundFile(str(path)) as f:
+    with _decoder_quiet():
+        f = sf.SoundFile(str(path))
+    with f:
         expected, got = f.frames, 0
         while True:
-            x = f.read(block, dtype="float32", always_2d=True)  # [T, C]
+            with _decoder_quiet():
+                x = f.read(block, dtype="float32", always_2d=True)  # [T, C]
             if not len(x):
                 break
             got += len(x)

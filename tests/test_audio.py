@@ -125,3 +125,14 @@ def test_collection_finds_audio_and_splits_by_track(music_dir):
     train, val = split_by_track(paths, 0.34, seed=0)
     assert len(train) == 4 and len(val) == 2 and not set(train) & set(val)
     assert split_by_track(paths, 0.34, seed=0) == (train, val)  # reproducible
+
+
+def test_decoders_print_nothing_of_their_own_on_bad_files(tmp_path, capfd):
+    # libsndfile's mpg123 writes notes on damaged MP3s straight to the process's stderr, where they would break
+    # into a progress bar without naming the file; the AudioError says what matters
+    d = bad_files(tmp_path)
+    (d / "notes.mp3").write_bytes(b"hello")
+    for name in ["truncated.mp3", "corrupt.mp3", "notes.mp3"]:
+        with pytest.raises(AudioError):
+            load(d / name, 44100)
+    assert capfd.readouterr().err == ""
