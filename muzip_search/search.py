@@ -1,4 +1,5 @@
 """Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
+import os
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -69,7 +70,9 @@ class Searcher:
 
     A query runs on `threads` threads of torch and FAISS (the process's own settings are put back after it):
     its operations are small, and on a 2-core machine a second thread cost more in hand-offs than it gained
-    (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md).
+    (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md). Except an approximate index's search, which
+    runs on every core: each thread scans the IVF lists of its share of the clip's windows, with no hand-off
+    between (at fma_small's size, 990,000 windows at nprobe 128: 15.9 -> 6.3 ms on 2 cores).
     """
 
     def __init__(self, index: Index, threads: int | None = 1):
@@ -113,7 +116,9 @@ class Searcher:
         if s.windows.ntotal == 0:
             return []
         qv, qt = self._windows(x, s.mean)
-        sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
+        with threads(None if self.threads is None or not hasattr(s.windows, "nprobe") else os.cpu_count(),
+                     torch_too=False):
+            sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
         voted = self._vote(sims, ids, qt)
         if not voted:
             return []
@@ -444,18 +449,20 @@ class Searcher:
 
 
 @contextmanager
-def threads(n: int | None):
-    """Run the block on `n` torch and FAISS (OpenMP) threads, then put the process's settings back; None: as
-    they are."""
+def threads(n: int | None, torch_too: bool = True):
+    """Run the block on `n` FAISS (OpenMP) threads, and torch's too unless not `torch_too`, then put the
+    process's settings back; None: as they are."""
     if n is None:
         yield
         return
     import faiss
     before = torch.get_num_threads(), faiss.omp_get_max_threads()
-    torch.set_num_threads(n)
+    if torch_too:
+        torch.set_num_threads(n)
     faiss.omp_set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(before[0])
+        if torch_too:
+            torch.set_num_threads(before[0])
         faiss.omp_set_num_threads(before[1])

@@ -646,6 +646,9 @@ def test_a_second_copy_of_the_music_found_does_not_count_against_it(untrained_de
 
 
 def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built):
+    import dataclasses
+    import os
+
     import faiss
     import torch
 
@@ -659,8 +662,29 @@ def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built
         seen.append((torch.get_num_threads(), faiss.omp_get_max_threads()))
     assert seen == [(1, 1), before]
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+    with threads(2, torch_too=False):  # (torch's own count follows where the two share one OpenMP runtime)
+        seen.append(faiss.omp_get_max_threads())
+    assert seen[2] == 2
     searcher = Searcher(Index.open(built[0], readonly=True))
     assert searcher.threads == 1 and searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
+    assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+
+    # an approximate index's search alone runs on every core: the clip's windows split between them
+    s, searched = searcher.index.searchable(), []
+
+    class Windows:  # the index's own, seen as an IVF index, noting the threads each search runs on
+        nprobe = 1
+
+        def __getattr__(self, name):
+            return getattr(s.windows, name)
+
+        def search(self, q, k):
+            searched.append(faiss.omp_get_max_threads())
+            return s.windows.search(q, k)
+
+    searcher.index.searchable = lambda: dataclasses.replace(s, windows=Windows())
+    assert searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
+    assert searched == [os.cpu_count()]
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
 
 
