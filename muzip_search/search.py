@@ -1,5 +1,4 @@
 """Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
-import os
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -71,15 +70,18 @@ class Searcher:
     A query runs on `threads` threads of torch and FAISS (the process's own settings are put back after it):
     its operations are small, and on a 2-core machine a second thread cost more in hand-offs than it gained
     (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md). Except an approximate index's search, which
-    runs on every core: each thread scans the IVF lists of its share of the clip's windows, with no hand-off
-    between (at fma_small's size, 990,000 windows at nprobe 128: 15.9 -> 6.3 ms on 2 cores).
+    runs on `ivf_threads`, by default the process's own FAISS count (`OMP_NUM_THREADS`, else the cores it
+    may use): each thread scans the IVF lists of its share of the clip's windows, with no hand-off between
+    (at fma_small's size, 990,000 windows at nprobe 128: 12.6 -> 7.0 ms in a loop of queries on 2 cores).
     """
 
-    def __init__(self, index: Index, threads: int | None = 1):
+    def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None):
+        import faiss
         self.index = index
         self.cfg = index.vectors
         self.grid = index.grid
         self.threads = threads
+        self.ivf_threads = ivf_threads or faiss.omp_get_max_threads()
 
     @property
     def min_seconds(self) -> float:
@@ -116,7 +118,7 @@ class Searcher:
         if s.windows.ntotal == 0:
             return []
         qv, qt = self._windows(x, s.mean)
-        with threads(None if self.threads is None or not hasattr(s.windows, "nprobe") else os.cpu_count(),
+        with threads(None if self.threads is None or not hasattr(s.windows, "nprobe") else self.ivf_threads,
                      torch_too=False):
             sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
         voted = self._vote(sims, ids, qt)
