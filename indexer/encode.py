@@ -28,9 +28,20 @@ def encode_chunks(model: Codec, x: np.ndarray, batch: int = 64) -> torch.Tensor:
     return torch.cat(out) if out else torch.zeros((0, *model.cfg.latent_shape))
 
 
-def encode_signal(model: Codec, x: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """Mono `[T]` at the model's rate -> latents `[ceil(T / chunk), C, F]` (last chunk zero-padded)."""
-    return encode_chunks(model, chunks(x, model.cfg.chunk), batch)
+def encode_signal(model: Codec, x: np.ndarray, batch: int = 64, only: np.ndarray | None = None) -> torch.Tensor:
+    """Mono `[T]` at the model's rate -> latents `[ceil(T / chunk), C, F]` (last chunk zero-padded).
+
+    With `only` (chunk numbers), just those chunks are encoded, the others' latents left 0: a chunk is
+    encoded on its own, so theirs are the same as in the whole signal's.
+    """
+    size, n = model.cfg.chunk, max(1, -(-len(x) // model.cfg.chunk))
+    only = None if only is None else np.unique(only)
+    if only is None or len(only) == n:
+        return encode_chunks(model, chunks(x, size), batch)
+    z = encode_chunks(model, np.stack([chunks(x[i * size:(i + 1) * size], size)[0] for i in only]), batch)
+    out = z.new_zeros((n, *z.shape[1:]))
+    out[torch.from_numpy(only)] = z
+    return out
 
 
 def decode_latents(model: Codec, z: torch.Tensor, length: int | None = None, batch: int = 64) -> np.ndarray:

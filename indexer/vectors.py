@@ -110,6 +110,17 @@ def time_ordered(latents: torch.Tensor, grid: FrameGrid) -> torch.Tensor:
     return latents[:, :, :grid.per_chunk].permute(1, 0, 2).reshape(latents.shape[1], -1)
 
 
+def window_starts(frames: int, n: int, hop: float, limit: int | None = None) -> np.ndarray:
+    """First frames of the windows of `n` frames every `hop` frames in `frames` (at least one window: a shorter
+    signal is padded to one); with `limit`, at most that many, spread evenly."""
+    frames = max(frames, n)
+    starts = np.unique(np.round(np.arange(0, frames - n + 1, hop)).astype(np.int64))
+    starts = starts[starts + n <= frames]
+    if limit is not None and len(starts) > limit:
+        starts = starts[np.round(np.linspace(0, len(starts) - 1, limit)).astype(np.int64)]
+    return starts
+
+
 @torch.no_grad()
 def window_vectors(model, latents: np.ndarray, grid: FrameGrid, hop_s: float, frames: int | None = None,
                    limit: int | None = None, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -126,10 +137,7 @@ def window_vectors(model, latents: np.ndarray, grid: FrameGrid, hop_s: float, fr
     n = model.window_frames
     if seq.shape[1] < n:
         seq = torch.nn.functional.pad(seq, (0, n - seq.shape[1]))
-    starts = np.unique(np.round(np.arange(0, seq.shape[1] - n + 1, hop_s * grid.rate)).astype(np.int64))
-    starts = starts[starts + n <= seq.shape[1]]
-    if limit is not None and len(starts) > limit:
-        starts = starts[np.round(np.linspace(0, len(starts) - 1, limit)).astype(np.int64)]
+    starts = window_starts(seq.shape[1], n, hop_s * grid.rate, limit)
     windows = seq.unfold(1, n, 1)  # [C, T - n + 1, n], a view
     device = next(model.parameters()).device
     out = [model.embed(windows[:, starts[i:i + batch]].permute(1, 0, 2).to(device)).cpu()

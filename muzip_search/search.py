@@ -11,7 +11,7 @@ from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
 from indexer.index import Index
 from indexer.vectors import (VectorConfig, align, band_energies, band_spectrogram, centre, log_bands, split_id,
-                             window_id, window_vectors)
+                             window_id, window_starts, window_vectors)
 
 from .reconstruct import NotInIndex, Spans
 
@@ -216,10 +216,17 @@ class Searcher:
 
     def _windows(self, x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`."""
-        model = self.index.model
-        latents = encode_signal(model, x).numpy()
-        frames = self.grid.frames(len(x), model.cfg.sample_rate)
-        qv, qt = window_vectors(model, latents, self.grid, self.cfg.query_hop_s, frames, limit=self.cfg.query_windows)
+        model, grid, cfg = self.index.model, self.grid, self.cfg
+        frames = grid.frames(len(x), model.cfg.sample_rate)
+        # only the chunks under the `query_windows` windows searched are encoded: all of a clip of a few
+        # seconds, a few dozen of a whole track's (chunks are encoded one by one, so theirs are the same)
+        n = model.window_frames
+        starts = window_starts(max(1, frames), n, cfg.query_hop_s * grid.rate, cfg.query_windows)
+        last = max(0, -(-len(x) // model.cfg.chunk) - 1)
+        under = np.minimum(np.concatenate([np.arange(s // grid.per_chunk, (s + n - 1) // grid.per_chunk + 1)
+                                           for s in starts]), last)
+        latents = encode_signal(model, x, only=under).numpy()
+        qv, qt = window_vectors(model, latents, grid, cfg.query_hop_s, frames, limit=cfg.query_windows)
         return centre(qv, mean), qt
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,

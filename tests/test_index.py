@@ -879,3 +879,31 @@ def test_queries_in_several_python_threads_at_once_keep_their_own_threads_and_th
         assert seen == {"a, b inside too": (1, 1), "b, a gone": (1, 1)} and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(process)
+
+
+def test_a_long_clip_encodes_only_the_chunks_under_its_searched_windows(built, monkeypatch):
+    from indexer import encode
+    from indexer.index import Index
+    from indexer.vectors import centre, window_vectors
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    model, mean = searcher.index.model, searcher.index.searchable().mean
+    x = np.concatenate([song(SONG_SECONDS, seed=k) for k in range(12)])  # 12 songs end to end
+    encoded = []
+    real = encode.encode_chunks
+    monkeypatch.setattr(encode, "encode_chunks", lambda m, c, batch=64: encoded.append(len(c)) or real(m, c, batch))
+    qv, qt = searcher._windows(x, mean)
+    chunks = -(-len(x) // model.cfg.chunk)
+    assert len(qv) == searcher.cfg.query_windows and encoded[0] < chunks / 2
+    # the same vectors as from the whole clip's latents: a chunk is encoded on its own
+    whole = encode.encode_signal(model, x).numpy()
+    assert encoded[1] == chunks
+    frames = searcher.grid.frames(len(x), model.cfg.sample_rate)
+    wv, wt = window_vectors(model, whole, searcher.grid, searcher.cfg.query_hop_s, frames,
+                            limit=searcher.cfg.query_windows)
+    np.testing.assert_array_equal(qv, centre(wv, mean))
+    np.testing.assert_array_equal(qt, wt)
+    # a clip of a few seconds has every chunk under a searched window: encoded whole
+    encoded.clear()
+    searcher._windows(x[:5 * model.cfg.chunk], mean)
+    assert encoded == [5]
