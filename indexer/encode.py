@@ -20,16 +20,18 @@ def _sync(device: torch.device):
 
 
 @torch.no_grad()
-def encode_chunks(model: Codec, x: np.ndarray, batch: int = 64) -> torch.Tensor:
-    """`[N, chunk]` float32 -> stored latents `[N, C, F]` on the CPU."""
+def encode_chunks(model: Codec, x: np.ndarray, batch: int = 64, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`[N, chunk]` float32 -> stored latents `[N, C, F]` on the CPU; the encoder computes in `dtype`."""
     device = next(model.parameters()).device
-    out = [model.encode(torch.from_numpy(x[i:i + batch]).to(device)).cpu() for i in range(0, len(x), batch)]
+    out = [model.encode(torch.from_numpy(x[i:i + batch]).to(device), dtype).cpu() for i in range(0, len(x), batch)]
     _sync(device)
     return torch.cat(out) if out else torch.zeros((0, *model.cfg.latent_shape))
 
 
-def encode_signal(model: Codec, x: np.ndarray, batch: int = 64, only: np.ndarray | None = None) -> torch.Tensor:
-    """Mono `[T]` at the model's rate -> latents `[ceil(T / chunk), C, F]` (last chunk zero-padded).
+def encode_signal(model: Codec, x: np.ndarray, batch: int = 64, only: np.ndarray | None = None,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Mono `[T]` at the model's rate -> latents `[ceil(T / chunk), C, F]` (last chunk zero-padded); the
+    encoder computes in `dtype`.
 
     With `only` (chunk numbers), just those chunks are encoded, the others' latents left 0: a chunk is
     encoded on its own, so theirs are the same as in the whole signal's.
@@ -37,8 +39,8 @@ def encode_signal(model: Codec, x: np.ndarray, batch: int = 64, only: np.ndarray
     size, n = model.cfg.chunk, max(1, -(-len(x) // model.cfg.chunk))
     only = None if only is None else np.unique(only)
     if only is None or len(only) == n:
-        return encode_chunks(model, chunks(x, size), batch)
-    z = encode_chunks(model, np.stack([chunks(x[i * size:(i + 1) * size], size)[0] for i in only]), batch)
+        return encode_chunks(model, chunks(x, size), batch, dtype)
+    z = encode_chunks(model, np.stack([chunks(x[i * size:(i + 1) * size], size)[0] for i in only]), batch, dtype)
     out = z.new_zeros((n, *z.shape[1:]))
     out[torch.from_numpy(only)] = z
     return out
@@ -51,9 +53,10 @@ def decode_latents(model: Codec, z: torch.Tensor, length: int | None = None, bat
 
 @torch.no_grad()
 def decode_span(model: Codec, z: torch.Tensor, start: int = 0, end: int | None = None,
-                batch: int = 64) -> np.ndarray:
+                batch: int = 64, dtype: torch.dtype = torch.float32) -> np.ndarray:
     """Samples [start, end) of latents `[N, C, F]` decoded end to end (`[N * chunk]`; default: to the end),
-    `batch` chunks at a time, decoding only the latent frames that reach them."""
+    `batch` chunks at a time, decoding only the latent frames that reach them; the decoder computes in
+    `dtype`."""
     device = next(model.parameters()).device
     chunk = model.cfg.chunk
     end = len(z) * chunk if end is None else min(end, len(z) * chunk)
@@ -62,7 +65,7 @@ def decode_span(model: Codec, z: torch.Tensor, start: int = 0, end: int | None =
         lo, hi = i * chunk, min(i + batch, len(z)) * chunk
         if lo >= end:
             break
-        out.append(model.decode_span(z[i:i + batch].to(device), max(start, lo) - lo, min(end, hi) - lo).cpu())
+        out.append(model.decode_span(z[i:i + batch].to(device), max(start, lo) - lo, min(end, hi) - lo, dtype).cpu())
     _sync(device)
     return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
 
@@ -83,10 +86,11 @@ def chunk_stream(path: Path, sample_rate: int, chunk: int) -> Iterator[tuple[np.
         yield chunks(carry, chunk), len(carry)
 
 
-def encode_file(model: Codec, path, batch: int = 64) -> tuple[torch.Tensor, int]:
-    """Stream a file through the encoder: (latents `[N, C, F]`, number of samples at the model's rate)."""
+def encode_file(model: Codec, path, batch: int = 64, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+    """Stream a file through the encoder (computing in `dtype`): (latents `[N, C, F]`, number of samples at the
+    model's rate)."""
     parts, n = [], 0
     for block, valid in chunk_stream(Path(path), model.cfg.sample_rate, model.cfg.chunk):
-        parts.append(encode_chunks(model, block, batch))
+        parts.append(encode_chunks(model, block, batch, dtype))
         n += valid
     return torch.cat(parts), n

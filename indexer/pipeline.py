@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from models import Codec
+from models import Codec, compute_dtype
 
 from .audio import AudioError, info, load, pcm16_to_float, to_pcm16
 from .audio import chunks as cut_chunks
@@ -74,11 +75,12 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
 
 
 def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tuple[np.ndarray, int] | None]:
-    """Latents `[N, C, F]` (int8) and sample count for each decoded item, one batched encoder pass.
+    """Latents `[N, C, F]` (int8) and sample count for each decoded item, one batched encoder pass, computed in
+    `compute_dtype(model)` (bfloat16 on a CPU with AMX).
 
     Streamed (long) files are encoded block by block from disk; failed ones give None.
     """
-    cfg = model.cfg
+    cfg, dtype = model.cfg, compute_dtype(model)
     out: list = [None] * len(items)
     rows, spans, start = [], [], 0
     for i, d in enumerate(items):
@@ -86,7 +88,7 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tu
             continue
         if d.stream:
             try:
-                z, n = encode_file(model, d.path, batch)
+                z, n = encode_file(model, d.path, batch, dtype)
                 out[i] = (z.numpy(), n)
                 d.seconds = n / cfg.sample_rate
             except AudioError as err:
@@ -97,7 +99,7 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tu
         rows.append(c)
         start += len(c)
     if rows:
-        z = encode_chunks(model, np.concatenate(rows), batch).numpy()
+        z = encode_chunks(model, np.concatenate(rows), batch, dtype).numpy()
         for i, start, n, samples in spans:
             out[i] = (z[start:start + n], samples)
     return out
@@ -135,13 +137,13 @@ def _is_silent(latents: np.ndarray, model: Codec) -> bool:
     # zero for an untrained codec; a trained one's biases make them something else), so that the codec stores
     # nothing but silence for it (the shipped codec: a file whose peaks are a step or two of 16 bits)
     tolerance = 0.0 if latents.dtype == np.int8 else 1e-6
-    return bool(np.all(np.abs(latents.astype(np.float32) - _silence(model)) <= tolerance))
+    return bool(np.all(np.abs(latents.astype(np.float32) - _silence(model, compute_dtype(model))) <= tolerance))
 
 
 @functools.lru_cache(maxsize=8)
-def _silence(model: Codec) -> np.ndarray:
-    """The latents `[C, F]` of one chunk of digital silence."""
-    return encode_chunks(model, np.zeros((1, model.cfg.chunk), np.float32)).numpy()[0].astype(np.float32)
+def _silence(model: Codec, dtype: torch.dtype) -> np.ndarray:
+    """The latents `[C, F]` of one chunk of digital silence, as `encode_stage` computes them."""
+    return encode_chunks(model, np.zeros((1, model.cfg.chunk), np.float32), dtype=dtype).numpy()[0].astype(np.float32)
 
 
 def write_stage(catalog: Catalog, rec: TrackRecord) -> int:

@@ -36,14 +36,37 @@ def _cpu_flags() -> set[str]:
         return set()
 
 
+_FLAGS = _cpu_flags()
+
 # Read when each OpenBLAS loads (faiss's, numpy's); the user's own setting wins
-if "OPENBLAS_CORETYPE" not in os.environ and (_kernels := openblas_kernels(_cpu_flags())):
+if "OPENBLAS_CORETYPE" not in os.environ and (_kernels := openblas_kernels(_FLAGS)):
     os.environ["OPENBLAS_CORETYPE"] = _kernels
 
-from .checkpoint import CheckpointError, load_codec, model_checksum, save_checkpoint, shipped_checkpoint
-from .codec import Codec, build_codec
-from .config import DEFAULT_PRESET, PRESETS, CodecConfig, preset
-from .metrics import reconstruction_metrics
+import torch  # noqa: E402  (after the settings above)
 
-__all__ = ["Codec", "build_codec", "CodecConfig", "PRESETS", "DEFAULT_PRESET", "preset", "save_checkpoint", "load_codec",
-           "shipped_checkpoint", "model_checksum", "CheckpointError", "reconstruction_metrics"]
+from .checkpoint import CheckpointError, load_codec, model_checksum, save_checkpoint, shipped_checkpoint  # noqa: E402
+from .codec import Codec, build_codec  # noqa: E402
+from .config import DEFAULT_PRESET, PRESETS, CodecConfig, preset  # noqa: E402
+from .metrics import reconstruction_metrics  # noqa: E402
+
+
+def compute_dtype(model: Codec, flags: set[str] | None = None) -> torch.dtype:
+    """The dtype `model` encodes and decodes in for indexing and search: bfloat16 where it has a bfloat16 path
+    (`Codec.BFLOAT16`) and runs on a CPU with AMX (`amx_bf16` among its /proc/cpuinfo `flags`), whose
+    bfloat16 products run 3 to 6 times as fast as float32 convolutions (BENCHMARKS.md); else float32, which
+    is faster without AMX. The environment's `MUZIP_PRECISION` (float32 or bfloat16) overrides `auto`.
+    Reconstruction (`reconstruct`, `evaluate`) and training stay in float32.
+    """
+    choice = os.environ.get("MUZIP_PRECISION", "auto")
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"MUZIP_PRECISION={choice!r}: expected auto, float32 or bfloat16")
+    if choice == "auto":
+        flags = _FLAGS if flags is None else flags
+        device = next(model.parameters()).device
+        choice = "bfloat16" if device.type == "cpu" and "amx_bf16" in flags else "float32"
+    return torch.bfloat16 if choice == "bfloat16" and model.BFLOAT16 else torch.float32
+
+
+__all__ = ["Codec", "build_codec", "compute_dtype", "CodecConfig", "PRESETS", "DEFAULT_PRESET", "preset",
+           "save_checkpoint", "load_codec", "shipped_checkpoint", "model_checksum", "CheckpointError",
+           "reconstruction_metrics"]

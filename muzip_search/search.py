@@ -12,6 +12,7 @@ from indexer.encode import encode_signal
 from indexer.index import Index
 from indexer.vectors import (VectorConfig, align, band_energies, band_spectrogram, centre, log_bands, split_id,
                              window_id, window_starts, window_vectors)
+from models import compute_dtype
 
 from .reconstruct import NotInIndex, Spans
 
@@ -82,6 +83,7 @@ class Searcher:
         self.grid = index.grid
         self.threads = threads
         self.ivf_threads = ivf_threads or faiss.omp_get_max_threads()
+        self.dtype = compute_dtype(index.model)  # what the clip is encoded and candidates decoded in
 
     @property
     def min_seconds(self) -> float:
@@ -140,7 +142,7 @@ class Searcher:
             candidates.append(c)
             tracks.add(c[0])
         # the caller who shows candidates gets them all re-scored; otherwise only those that can beat a sure best
-        clip = _Clip(x, Spans(self.index), prune=fill == 1)
+        clip = _Clip(x, Spans(self.index, self.dtype), prune=fill == 1)
         hits = self._verify(clip, self._rescore_all(clip, [c[:2] for c in candidates]))
         if self.cfg.margin_weight and len(tracks) == 1 and self.cfg.score_floor <= hits[0][2] < self.threshold(seconds):
             # only its margin can make the best a match, and no other track was re-scored: the next one in the vote
@@ -225,7 +227,7 @@ class Searcher:
         last = max(0, -(-len(x) // model.cfg.chunk) - 1)
         under = np.minimum(np.concatenate([np.arange(s // grid.per_chunk, (s + n - 1) // grid.per_chunk + 1)
                                            for s in starts]), last)
-        latents = encode_signal(model, x, only=under).numpy()
+        latents = encode_signal(model, x, only=under, dtype=self.dtype).numpy()
         qv, qt = window_vectors(model, latents, grid, cfg.query_hop_s, frames, limit=cfg.query_windows)
         return centre(qv, mean), qt
 

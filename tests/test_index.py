@@ -89,6 +89,23 @@ def test_query_finds_the_track_and_offset(built, tmp_path, noise_db):
     assert max(errors) < 0.02, errors  # within a few latent frames (5.7 ms each)
 
 
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_an_index_built_and_searched_in_either_precision_finds_track_and_offset(untrained_default, tmp_path,
+                                                                               monkeypatch, precision):
+    # this machine's own precision runs every other test; here both, whatever the CPU (bfloat16 is AMX's)
+    monkeypatch.setenv("MUZIP_PRECISION", precision)
+    for track in (2, 5, 9):
+        sf.write(tmp_path / f"{track:06d}.wav", song(SONG_SECONDS, seed=track - 2), SR)
+    assert cli("index", tmp_path, "--index", tmp_path / "idx", "--checkpoint", untrained_default).exit_code == 0
+    clips = []
+    for k, (track, start) in enumerate([(2, 1.37), (5, 0.61), (9, 2.9)]):
+        clips.append(tmp_path / f"clip {k}.wav")
+        sf.write(clips[-1], cut(track, start, 2.5, noise_db=10 if k == 2 else None, seed=k), SR)
+    result = cli("query", *clips, "--index", tmp_path / "idx", "--json", "--top", "1")
+    found = [json.loads(line)["matches"][0] for line in result.stdout.splitlines()]
+    assert [(m["track_id"], round(m["offset_s"], 1)) for m in found] == [(2, 1.4), (5, 0.6), (9, 2.9)]
+
+
 def test_unindexed_music_gets_no_match_and_indexed_music_a_match(built, tmp_path):
     index_dir, _ = built
     sf.write(tmp_path / "unknown.wav", song(3.0, seed=77), SR)  # a song that is not in the index
@@ -509,7 +526,7 @@ def test_a_long_clip_is_verified_on_more_of_itself(built):
     assert found.track_id == 4 and abs(found.offset_s - 1.0) < 0.05 and found.score > searcher.threshold(5.0) + 0.1
 
 
-def test_a_loops_true_start_is_found_when_its_repeats_crowd_the_neighbours(untrained_default, tmp_path):
+def test_a_loops_true_start_is_found_when_its_repeats_crowd_the_neighbours(untrained_default, tmp_path, monkeypatch):
     import dataclasses
 
     from indexer.index import Index
@@ -520,6 +537,7 @@ def test_a_loops_true_start_is_found_when_its_repeats_crowd_the_neighbours(untra
     loop = np.concatenate([motif + 0.06 * song(1.5, seed=60 + k) for k in range(6)])
     sf.write(tmp_path / "loop.wav", loop, SR)
     sf.write(tmp_path / "other.wav", song(6.0, seed=1), SR)
+    monkeypatch.setenv("MUZIP_PRECISION", "float32")  # the votes below are float32's (bfloat16's differ a little)
     assert cli("index", tmp_path, "--index", tmp_path / "idx", "--checkpoint", untrained_default).exit_code == 0
     searcher = Searcher(Index.open(tmp_path / "idx", readonly=True))
     loop_id = searcher.index.catalog.track_by_path(str(tmp_path / "loop.wav"))["id"]
@@ -609,7 +627,8 @@ def test_a_tracks_stretch_decoded_in_parts_for_a_query_is_the_stretch_decoded_at
     whole = [rec.reconstruct(index, 3, a, b) for a, b in asked]
     decoded = []
     decode = rec._decode
-    monkeypatch.setattr(rec, "_decode", lambda index, tid, a, b: decoded.append((a, b)) or decode(index, tid, a, b))
+    monkeypatch.setattr(rec, "_decode", lambda index, tid, a, b, *dtype: decoded.append((a, b))
+                        or decode(index, tid, a, b, *dtype))
     spans = rec.Spans(index)
     for (a, b), y in zip(asked, whole):
         np.testing.assert_allclose(spans(3, a, b), y, atol=1e-6)
@@ -891,12 +910,13 @@ def test_a_long_clip_encodes_only_the_chunks_under_its_searched_windows(built, m
     x = np.concatenate([song(SONG_SECONDS, seed=k) for k in range(12)])  # 12 songs end to end
     encoded = []
     real = encode.encode_chunks
-    monkeypatch.setattr(encode, "encode_chunks", lambda m, c, batch=64: encoded.append(len(c)) or real(m, c, batch))
+    monkeypatch.setattr(encode, "encode_chunks", lambda m, c, batch=64, *dtype: encoded.append(len(c))
+                        or real(m, c, batch, *dtype))
     qv, qt = searcher._windows(x, mean)
     chunks = -(-len(x) // model.cfg.chunk)
     assert len(qv) == searcher.cfg.query_windows and encoded[0] < chunks / 2
     # the same vectors as from the whole clip's latents: a chunk is encoded on its own
-    whole = encode.encode_signal(model, x).numpy()
+    whole = encode.encode_signal(model, x, dtype=searcher.dtype).numpy()
     assert encoded[1] == chunks
     frames = searcher.grid.frames(len(x), model.cfg.sample_rate)
     wv, wt = window_vectors(model, whole, searcher.grid, searcher.cfg.query_hop_s, frames,

@@ -1,9 +1,10 @@
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
-from models import PRESETS, build_codec, load_codec, model_checksum, preset, save_checkpoint
+from models import PRESETS, build_codec, load_codec, model_checksum, preset, save_checkpoint, shipped_checkpoint
 from models.train import ChunkSampler, Crops, fit, fixed_chunks, reconstruction_loss
 
 from .conftest import sine_mix
@@ -116,3 +117,40 @@ def test_openblas_gets_the_kernels_of_the_cpus_instruction_sets():
     assert [openblas_kernels(f) for f in (avx512, avx2, avx2 - {"fma"}, {"sse3"}, set())] == [
         "SkylakeX", "Haswell", None, None, None]
     assert openblas_kernels(avx512 - {"avx512bw"}) == "Haswell"  # SkylakeX's kernels need all four
+
+
+def test_bfloat16_inference_keeps_latents_within_a_step_and_decodes_near_float32():
+    # the shipped codec computing in bfloat16 (search and indexing on a CPU with AMX): latents at most one step
+    # from float32's, few of them moved; decoded audio far below the codec's own error from float32's
+    m = load_codec(shipped_checkpoint("default"))
+    x = torch.from_numpy(sine_mix(3.0, 44100, seed=3)[:3 * 44000].reshape(3, 44000))
+    z32, z16 = m.encode(x), m.encode(x, torch.bfloat16)
+    moved = (z16.int() - z32.int()).abs()
+    assert z16.dtype == torch.int8 and moved.max() == 1 and moved.float().mean() < 0.05
+    y32 = m.decode_span(z32, 0, 3 * 44000)
+    y16 = m.decode_span(z32, 0, 3 * 44000, torch.bfloat16)
+    assert 10 * torch.log10((y32 ** 2).sum() / ((y16 - y32) ** 2).sum()) > 40  # dB
+    # and frame by frame, as in float32: any span is the whole decode's samples, however the frames fall into
+    # the fixed-size products (Spans decodes a track's stretch in parts)
+    for a, b in [(0, 44000), (1234, 2345), (43999, 44001), (30000, 131000), (5, 5)]:
+        assert torch.equal(m.decode_span(z32, a, b, torch.bfloat16), y16[a:b]), (a, b)
+    # a chunk's latents do not depend on the chunks encoded beside it
+    assert torch.equal(m.encode(x[1:2], torch.bfloat16), z16[1:2])
+
+
+def test_codecs_compute_in_bfloat16_only_where_it_pays(monkeypatch):
+    from models import compute_dtype
+    lapped, paper = build_codec(preset("default")), build_codec(preset("m3"))
+    monkeypatch.delenv("MUZIP_PRECISION", raising=False)
+    assert compute_dtype(lapped, {"avx512f", "amx_tile", "amx_bf16"}) == torch.bfloat16
+    assert compute_dtype(lapped, {"avx512f", "avx512_bf16"}) == torch.float32  # not measured faster there
+    assert compute_dtype(paper, {"amx_bf16"}) == torch.float32  # the paper's convolutions: float32 only
+    monkeypatch.setenv("MUZIP_PRECISION", "float32")
+    assert compute_dtype(lapped, {"amx_bf16"}) == torch.float32
+    monkeypatch.setenv("MUZIP_PRECISION", "bfloat16")
+    assert compute_dtype(lapped, {"avx2"}) == torch.bfloat16
+    monkeypatch.setenv("MUZIP_PRECISION", "half")
+    with pytest.raises(ValueError, match="MUZIP_PRECISION='half': expected auto, float32 or bfloat16"):
+        compute_dtype(lapped, set())
+    with pytest.raises(ValueError, match="computes in float32 only"):
+        paper.encode(torch.zeros(1, paper.cfg.chunk), torch.bfloat16)
