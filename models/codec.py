@@ -120,20 +120,14 @@ class Codec(nn.Module):
             spans.append((i, max(0, (a + pad - window) // hop + 1), min(z.shape[2], -(-(b + pad) // hop)), a, b))
         if not spans:
             return torch.zeros(0, device=z.device)
-        # the decoder works frame by frame, so every chunk's frames go through it at once; then one overlap-add,
-        # a silent window between chunks keeping theirs apart (a window spans at most two hops)
+        # the decoder works frame by frame, so every chunk's frames go through it at once; then each chunk's
+        # windows are overlap-added on their own
         windows = self.frames_as(torch.cat([z[i, :, j0:j1] for i, j0, j1, _, _ in spans], dim=1)[None], dtype)[0]
-        silence = windows.new_zeros(window, 1)
-        parts, at, k = [], [], 0
-        for _, j0, j1, _, _ in spans:
-            at.append(k + len(at))  # where the chunk's first window lies among all, silences counted
-            parts += [windows[:, k:k + j1 - j0], silence]
+        out, k = [], 0
+        for _, j0, j1, a, b in spans:
+            y = _lay(windows[:, k:k + j1 - j0], hop)  # y[0] is the chunk's sample j0 * hop - pad
+            out.append(y[a + pad - j0 * hop:b + pad - j0 * hop])
             k += j1 - j0
-        y = _overlap_add(torch.cat(parts, dim=1)[None], hop, 0, hop * (k + len(spans) - 1) + window)[0]
-        out = []
-        for s, (_, j0, _, a, b) in zip(at, spans):
-            first = hop * s - (j0 * hop - pad)  # y[first] is the chunk's sample 0 (y[hop * s]: j0 * hop - pad)
-            out.append(y[first + a:first + b])
         return (torch.cat(out) / self.cfg.scale).clamp(-1.0, 1.0)
 
     @property
@@ -186,6 +180,22 @@ class PaperCodec(Codec):
 
     def frames(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z)  # without overlap, windows of `frame` laid frame after frame, as Keras' Flatten
+
+
+def _lay(windows: torch.Tensor, hop: int) -> torch.Tensor:
+    """Windows `[window, n]` laid `hop` apart and summed where they overlap, as `_overlap_add` does, for the
+    two layouts a codec has (`CodecConfig.kernel`): frame after frame, or two frames long (each sample under
+    two windows, one sum). Without `fold`'s work for the general case: a decoded span's chunks each need it."""
+    window, n = windows.shape
+    if window == hop:
+        return windows.T.reshape(-1)
+    if window != 2 * hop:
+        raise ValueError(f"windows of {window} samples {hop} apart: expected {hop} or {2 * hop}")
+    y = windows.new_empty((n + 1) * hop)
+    y[:n * hop] = windows[:hop].T.reshape(-1)
+    y[n * hop:] = 0.0
+    y[hop:] += windows[hop:].T.reshape(-1)
+    return y
 
 
 def _overlap_add(frames: torch.Tensor, hop: int, pad: int, length: int) -> torch.Tensor:
