@@ -165,8 +165,15 @@ def pcm16_to_float(x: np.ndarray) -> np.ndarray:
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:
-    """`[T, C]` -> `[T]`: the mean of the channels."""
-    return x.mean(axis=1, dtype=np.float32) if x.ndim == 2 else x.astype(np.float32, copy=False)
+    """`[T, C]` -> `[T]`: the mean of the channels, the same to the bit as `x.mean(axis=1)`, summed channel by
+    channel: numpy's mean over an axis of 2 took 18 ms for 30 s of stereo, a third of decoding an MP3."""
+    if x.ndim != 2:
+        return x.astype(np.float32, copy=False)
+    y = x[:, 0].astype(np.float32)
+    for c in range(1, x.shape[1]):
+        y += x[:, c]
+    y /= np.float32(x.shape[1])
+    return y
 
 
 def resample(x: np.ndarray, sr_in: int, sr_out: int) -> np.ndarray:

@@ -136,3 +136,13 @@ def test_decoders_print_nothing_of_their_own_on_bad_files(tmp_path, capfd):
         with pytest.raises(AudioError):
             load(d / name, 44100)
     assert capfd.readouterr().err == ""
+
+
+def test_the_channels_mix_to_their_mean_to_the_bit():
+    from indexer.audio import to_mono
+    rng = np.random.default_rng(0)
+    for channels in range(1, 7):
+        x = (rng.standard_normal((10_001, channels)) * 0.3).astype(np.float32)
+        assert np.array_equal(to_mono(x), x.mean(axis=1, dtype=np.float32)), channels
+    mono = np.arange(5, dtype=np.float32)
+    assert to_mono(mono) is mono
