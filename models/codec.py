@@ -214,7 +214,16 @@ def mdct_basis(n: int) -> torch.Tensor:
     return (window * math.sqrt(2.0 / n) * cos).float()
 
 
-_BLOCK = 512  # frames per matrix product in `LappedCodec.latents_as` and `frames_as`
+_BLOCK = 512  # frames per matrix product in `LappedCodec.latents_as` and `frames_as`, at most
+
+
+def _blocks(n: int) -> list[tuple[int, int, int]]:
+    """(first, count, padded count) of the blocks that `n` frames go through `LappedCodec`'s products in:
+    `_BLOCK` at a time, the rest padded to 128, 256 or 512. oneDNN makes a kernel for each new shape of product
+    (10-25 ms: re-scoring's spans, all of different lengths, had a 10-27 ms tail), so there are three in all,
+    while a 1-s span is not padded to three times its length."""
+    return [(at, min(_BLOCK, n - at), max(128, 1 << (min(_BLOCK, n - at) - 1).bit_length()))
+            for at in range(0, n, _BLOCK)]
 
 
 class LappedCodec(Codec):
@@ -269,14 +278,15 @@ class LappedCodec(Codec):
         w, b = self._matrices(dtype)
         frame = self.cfg.frame
         framed = F.pad(x * self.cfg.scale, (frame, frame)).unfold(-1, 2 * frame, frame).to(dtype)  # [B, F, 2 frame]
-        rows = framed.reshape(-1, 2 * frame)  # frame after frame, in blocks of a fixed size as in `frames_as`
-        rows = F.pad(rows, (0, 0, 0, -len(rows) % _BLOCK))
+        rows = framed.reshape(-1, 2 * frame)  # frame after frame, in blocks as in `frames_as`
         out = []
-        for one in rows.split(_BLOCK):  # [BLOCK, 2 * frame]
-            h = F.linear(one, w["analysis"])  # the GAIN is in the matrix: [BLOCK, bins]
+        for at, n, size in _blocks(len(rows)):
+            one = F.pad(rows[at:at + n], (0, 0, 0, size - n))  # [size, 2 * frame]
+            h = F.linear(one, w["analysis"])  # the GAIN is in the matrix: [size, bins]
             inner = F.gelu(F.linear(h, w["enc_mlp.0"], b["enc_mlp.0"]))
-            out.append(F.linear(h, w["enc_skip"]).float() + F.linear(inner, w["enc_mlp.2"], b["enc_mlp.2"]).float())
-        z = torch.cat(out)[:framed.shape[0] * framed.shape[1]].reshape(*framed.shape[:2], -1)
+            z = F.linear(h, w["enc_skip"]).float() + F.linear(inner, w["enc_mlp.2"], b["enc_mlp.2"]).float()
+            out.append(z[:n])
+        z = torch.cat(out).reshape(*framed.shape[:2], -1)
         return torch.tanh(z).transpose(1, 2)  # [B, C, F]
 
     def frames_as(self, z: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -284,16 +294,15 @@ class LappedCodec(Codec):
             return self.frames(z)
         w, b = self._matrices(dtype)
         frames = z.shape[2]
-        # channels first, as the convolutions have them, frame after frame (the batch's too) in blocks of a fixed
-        # size, the last padded: a product of a new shape costs oneDNN 10-25 ms to make its kernel
+        # channels first, as the convolutions have them, frame after frame (the batch's too), in blocks
         cols = z.to(dtype).transpose(0, 1).reshape(z.shape[1], -1)
-        cols = F.pad(cols, (0, -cols.shape[1] % _BLOCK))
         out = []
-        for one in cols.split(_BLOCK, dim=1):  # [C, BLOCK]
+        for at, n, size in _blocks(cols.shape[1]):
+            one = F.pad(cols[:, at:at + n], (0, size - n))  # [C, size]
             inner = F.gelu(torch.addmm(b["dec_mlp.0"][:, None], w["dec_mlp.0"], one))
             bins = torch.addmm(torch.addmm(b["dec_mlp.2"][:, None], w["dec_mlp.2"], inner), w["dec_skip"], one)
-            out.append(w["synthesis"] @ bins)
-        y = torch.cat(out, dim=1)[:, :len(z) * frames].float()  # [2 * frame, B * F]
+            out.append((w["synthesis"] @ bins)[:, :n])
+        y = torch.cat(out, dim=1).float()  # [2 * frame, B * F]
         return y.reshape(-1, len(z), frames).transpose(0, 1)  # [B, 2 * frame, F]
 
     def _matrices(self, dtype: torch.dtype) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
