@@ -89,14 +89,17 @@ def test_query_finds_the_track_and_offset(built, tmp_path, noise_db):
     assert max(errors) < 0.02, errors  # within a few latent frames (5.7 ms each)
 
 
-@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+@pytest.mark.parametrize("built_in, searched_in", [("float32", "float32"), ("bfloat16", "bfloat16"),
+                                                   ("float32", "bfloat16"), ("bfloat16", "float32")])
 def test_an_index_built_and_searched_in_either_precision_finds_track_and_offset(untrained_default, tmp_path,
-                                                                               monkeypatch, precision):
-    # this machine's own precision runs every other test; here both, whatever the CPU (bfloat16 is AMX's)
-    monkeypatch.setenv("MUZIP_PRECISION", precision)
+                                                                               monkeypatch, built_in, searched_in):
+    # this machine's own precision runs every other test; here both, whatever the CPU (bfloat16 is AMX's), and
+    # an index built on one machine searched on another
+    monkeypatch.setenv("MUZIP_PRECISION", built_in)
     for track in (2, 5, 9):
         sf.write(tmp_path / f"{track:06d}.wav", song(SONG_SECONDS, seed=track - 2), SR)
     assert cli("index", tmp_path, "--index", tmp_path / "idx", "--checkpoint", untrained_default).exit_code == 0
+    monkeypatch.setenv("MUZIP_PRECISION", searched_in)
     clips = []
     for k, (track, start) in enumerate([(2, 1.37), (5, 0.61), (9, 2.9)]):
         clips.append(tmp_path / f"clip {k}.wav")
