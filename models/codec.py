@@ -267,10 +267,10 @@ class LappedCodec(Codec):
     def frames(self, z: torch.Tensor) -> torch.Tensor:
         return self.synthesis(self.dec_skip(z) + self.dec_mlp(z))  # [B, bins, F] -> [B, 2 * frame, F]
 
-    # Inference in another dtype: every layer is one matrix per latent frame (the analysis a frame's 2 * frame
-    # samples), so each is one matrix product, with its bias added in the same call. In bfloat16 on a CPU with
-    # AMX these run 3 to 6 times as fast as the float32 convolutions (BENCHMARKS.md); latents 1.6 % of them one
-    # step from float32's, decoded audio 48 dB from float32's.
+    # Inference in another dtype: every layer is one matrix per latent frame (the analysis on a frame's
+    # 2 * frame samples), so each is one matrix product, with its bias added in the same call. In bfloat16 on a
+    # CPU with AMX these run 3 to 6 times as fast as the float32 convolutions (BENCHMARKS.md, session 15):
+    # 1.6-2.3 % of the latents one step from float32's, none more; decoded audio 48-49 dB from float32's.
 
     def latents_as(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         if dtype == torch.float32:
