@@ -50,6 +50,14 @@ from .config import DEFAULT_PRESET, PRESETS, CodecConfig, preset  # noqa: E402
 from .metrics import reconstruction_metrics  # noqa: E402
 
 
+def precision() -> str:
+    """The environment's `MUZIP_PRECISION`: auto (the default), float32 or bfloat16; ValueError otherwise."""
+    choice = os.environ.get("MUZIP_PRECISION", "auto")
+    if choice not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"MUZIP_PRECISION={choice!r}: expected auto, float32 or bfloat16")
+    return choice
+
+
 def compute_dtype(model: Codec, flags: set[str] | None = None) -> torch.dtype:
     """The dtype `model` encodes and decodes in for indexing and search: bfloat16 where it has a bfloat16 path
     (`Codec.BFLOAT16`) and runs on a CPU with AMX (`amx_bf16` among its /proc/cpuinfo `flags`), whose
@@ -57,9 +65,7 @@ def compute_dtype(model: Codec, flags: set[str] | None = None) -> torch.dtype:
     is faster without AMX. The environment's `MUZIP_PRECISION` (float32 or bfloat16) overrides `auto`.
     Reconstruction (`reconstruct`, `evaluate`) and training stay in float32.
     """
-    choice = os.environ.get("MUZIP_PRECISION", "auto")
-    if choice not in ("auto", "float32", "bfloat16"):
-        raise ValueError(f"MUZIP_PRECISION={choice!r}: expected auto, float32 or bfloat16")
+    choice = precision()
     if choice == "auto":
         flags = _FLAGS if flags is None else flags
         device = next(model.parameters()).device
@@ -67,6 +73,6 @@ def compute_dtype(model: Codec, flags: set[str] | None = None) -> torch.dtype:
     return torch.bfloat16 if choice == "bfloat16" and model.BFLOAT16 else torch.float32
 
 
-__all__ = ["Codec", "build_codec", "compute_dtype", "CodecConfig", "PRESETS", "DEFAULT_PRESET", "preset",
+__all__ = ["Codec", "build_codec", "compute_dtype", "precision", "CodecConfig", "PRESETS", "DEFAULT_PRESET", "preset",
            "save_checkpoint", "load_codec", "shipped_checkpoint", "model_checksum", "CheckpointError",
            "reconstruction_metrics"]

@@ -21,6 +21,17 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+@app.callback()
+def _environment() -> None:
+    # settings read from the environment, checked before any command runs
+    from models import precision
+    try:
+        precision()
+    except ValueError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+
+
 def _json_safe(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None

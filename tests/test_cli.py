@@ -69,6 +69,14 @@ def test_a_device_or_threshold_out_of_range_is_a_usage_error(tmp_path):
         assert result.exit_code == 2 and "Invalid value for '--" in result.output, args
 
 
+def test_an_unknown_precision_in_the_environment_is_a_usage_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("MUZIP_PRECISION", "half")
+    result = runner.invoke(app, ["stats", "--index", str(tmp_path / "idx")])
+    assert result.exit_code == 2
+    assert result.stderr == "error: MUZIP_PRECISION='half': expected auto, float32 or bfloat16\n"
+    assert not (tmp_path / "idx").exists()
+
+
 def test_train_refuses_to_overwrite(music_dir, tmp_path):
     (tmp_path / "x.pt").write_bytes(b"x")
     result = runner.invoke(app, ["train", str(music_dir), "--preset", "tiny", "--out", str(tmp_path / "x.pt")])
