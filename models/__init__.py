@@ -69,7 +69,8 @@ def compute_dtype(model: Codec, flags: set[str] | None = None) -> torch.dtype:
     if choice == "auto":
         flags = _FLAGS if flags is None else flags
         device = next(model.parameters()).device
-        choice = "bfloat16" if device.type == "cpu" and "amx_bf16" in flags else "float32"
+        amx = "amx_bf16" in flags and torch.backends.mkldnn.is_available()  # oneDNN runs the products on AMX
+        choice = "bfloat16" if device.type == "cpu" and amx else "float32"
     return torch.bfloat16 if choice == "bfloat16" and model.BFLOAT16 else torch.float32
 
 
