@@ -196,6 +196,7 @@ def main():
 
         index = Index.open(index_dir, readonly=True, device=device)
         searcher = Searcher(index)
+        out["precision"] = str(searcher.dtype).removeprefix("torch.")  # what the codec computed in (bfloat16 on AMX)
         sr = index.model.cfg.sample_rate
         rows = list(index.catalog.db.query("select id, path, seconds from tracks where status = 'indexed' "
                                            "and path not like ? order by id", [DECOY + "%"]))
