@@ -24,7 +24,7 @@ class Spans:
     it (the same candidate on more of the clip, or after a cheap check of its waveform) decodes only the part
     not decoded yet. Decoding is frame by frame, so a stretch decoded in parts holds the same samples. The
     decoder computes in `dtype` (`models.compute_dtype`: re-scoring compares spectrograms and waveform
-    correlations, which bfloat16's 46 dB from float32 leaves as they are to 3 decimals or more)."""
+    correlations, which bfloat16's 48-49 dB from float32 moved by 0.0002 at most on the benchmark's clips)."""
 
     def __init__(self, index: Index, dtype: torch.dtype = torch.float32):
         self.index = index
