@@ -199,7 +199,7 @@ class LatentViews:
 
         jobs = [(t, cfg.sample_rate, cfg.frame, versions, seed * 1_000_003 + i) for i, t in enumerate(tracks)]
         self.clean, self.copies = [], []
-        for t, copies in zip(tracks, parallel_map(_degraded_copies, jobs, workers, chunksize=1)):
+        for t, copies in zip(tracks, parallel_map(_degraded_copies, jobs, workers)):
             self.clean.append(frames(t))
             self.copies.append([frames(y) for y in copies])
             if on_track:

@@ -1,7 +1,9 @@
 """Decode many files in worker processes: the batch stage `train` and `evaluate` feed on."""
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,25 @@ def _decode_one(args) -> tuple[Path, np.ndarray | AudioError]:
         return path, err
 
 
-def parallel_map(fn: Callable, jobs: list, workers: int | None = None, chunksize: int = 4) -> Iterator:
-    """`map(fn, jobs)` in `workers` processes (default: one per core), results in order of `jobs`."""
+def parallel_map(fn: Callable, jobs: list, workers: int | None = None, ahead: int | None = None) -> Iterator:
+    """`map(fn, jobs)` in `workers` processes (default: one per core), results in order of `jobs`.
+
+    At most `ahead` jobs (default: 4 per worker) are handed out past the result the caller has reached, so the
+    workers keep busy while the caller works on it, and their results wait in memory only that far ahead.
+    (`Executor.map` hands out every job at once: indexing 401 tracks of 30 s on a CPU, whose decoders outrun
+    its encoder, held nearly all their decoded audio at once, 1.3 GB; fma_small's would have been 21 GB.)
+    """
     workers = workers or os.cpu_count() or 1
     if workers == 1 or len(jobs) <= 1:
         yield from map(fn, jobs)
         return
+    todo = iter(jobs)
     with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(fn, jobs, chunksize=chunksize)
+        running = deque(pool.submit(fn, job) for job in islice(todo, ahead or 4 * workers))
+        while running:
+            result = running.popleft().result()
+            running.extend(pool.submit(fn, job) for job in islice(todo, 1))  # before the caller takes its turn
+            yield result
 
 
 def decode_files(paths: list[Path], sample_rate: int, *, min_seconds: float = 0.0,

@@ -151,9 +151,11 @@ def write_stage(catalog: Catalog, rec: TrackRecord) -> int:
     return catalog.write(rec)
 
 
-def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int) -> Iterator[Decoded]:
-    """The decode stage over many files, in order, in `workers` processes."""
-    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds) for p in paths], workers, chunksize=2)
+def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int,
+                   ahead: int | None = None) -> Iterator[Decoded]:
+    """The decode stage over many files, in order, in `workers` processes, at most `ahead` files (default: 4 per
+    worker) decoded or decoding past the one taken."""
+    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds) for p in paths], workers, ahead)
 
 
 def _decode_args(a):
@@ -198,7 +200,8 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         summary.write_s += time.perf_counter() - t1
         pending.clear()
 
-    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers):
+    # two batches ahead: the workers decode the next while the encoder works on one
+    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers)):
         pending.append(d)
         if len(pending) >= batch_files:
             flush()
