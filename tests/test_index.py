@@ -477,7 +477,7 @@ def test_ctrl_c_says_what_is_kept_and_a_rerun_finishes(untrained_default, tmp_pa
     music = tmp_path / "music"
     music.mkdir()
     for i in range(40):
-        sf.write(music / f"song{i:02d}.flac", song(4.0, seed=200 + i), SR)
+        sf.write(music / f"song{i:02d}.flac", song(10.0, seed=200 + i), SR)
     cmd = [sys.executable, "-m", "muzip_search", "index", str(music), "--checkpoint", str(untrained_default),
            "--workers", "1", "--index", str(tmp_path / "index")]
     # Ctrl-C goes to the terminal's whole foreground group: the indexer and its decoding workers
