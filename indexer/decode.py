@@ -35,10 +35,14 @@ def parallel_map(fn: Callable, jobs: list, workers: int | None = None, ahead: in
     todo = iter(jobs)
     with ProcessPoolExecutor(workers) as pool:
         running = deque(pool.submit(fn, job) for job in islice(todo, ahead or 4 * workers))
-        while running:
-            result = running.popleft().result()
-            running.extend(pool.submit(fn, job) for job in islice(todo, 1))  # before the caller takes its turn
-            yield result
+        try:
+            while running:
+                result = running.popleft().result()
+                running.extend(pool.submit(fn, job) for job in islice(todo, 1))  # before the caller takes its turn
+                yield result
+        finally:  # the caller stopped early (Ctrl-C, an error): jobs not started yet are dropped, as `Executor.map`'s
+            for future in running:
+                future.cancel()
 
 
 def decode_files(paths: list[Path], sample_rate: int, *, min_seconds: float = 0.0,
