@@ -26,6 +26,16 @@ false match, and each is listed in the JSON.
     python benchmarks/split_corpus.py /tmp/corpus
     python benchmarks/search_bench.py /tmp/corpus/train --unindexed /tmp/corpus/heldout
 
+With `--unseen DIR`, the files there (music the codec and its head were never
+trained on) are indexed too, after the corpus, and clips cut from them give hit
+rates of their own (`unseen` in the JSON), the same cells as the corpus's: the
+corpus's clips come from the codec's own training music, which flatters them
+against a fingerprinter measured on music it has not seen. `split_corpus.py`
+halves the held-out songs for that (`heldout_a`, `heldout_b`):
+
+    python benchmarks/search_bench.py /tmp/corpus/train --unseen /tmp/corpus/heldout_a \
+        --unindexed /tmp/corpus/heldout_b
+
 With `--decoys K`, K speed-changed copies of every indexed track (as a tape
 played 0.85 to 1.15 times as fast: tempo and pitch move together) are added to
 the index before the queries, which all come from the real tracks: music-like
@@ -128,6 +138,59 @@ def same_audio(clean: np.ndarray, m, sr: int, cache: dict[str, np.ndarray]) -> f
     return round(align(clean[:, None], loaded(cache, m.path, sr)[:, None], at - tol, at + tol)[1], 4)
 
 
+def under(path: str, folder: Path | None) -> bool:
+    return folder is not None and Path(path).is_relative_to(folder.resolve())  # stored as found under it
+
+
+def hit_rates(searcher: Searcher, rows: list[dict], args, rng, sr: int, cache: dict[str, np.ndarray],
+              label: str = "") -> dict:
+    """Top-1 hit rate (per length and condition) of clips cut from the indexed tracks `rows`, with every miss,
+    every hit the no-match threshold turned away, and the query latency."""
+    results, latency, misses, rejected = {}, {}, [], []
+    for length in [float(v) for v in args.lengths.split(",")]:
+        for cond in args.conditions.split(","):
+            hits = kept = dups = same = 0
+            times = []
+            for q in range(args.queries):
+                row = rows[rng.integers(len(rows))]
+                got = cut(loaded(cache, row["path"], sr), length, cond, sr, rng)
+                if got is None:
+                    continue
+                start, clean, clip = got
+                t0 = time.perf_counter()
+                matches = searcher.search(clip, top=1, min_score=-1.0)  # the best candidate, whatever its score
+                times.append(time.perf_counter() - t0)
+                if not matches:
+                    continue
+                m = matches[0]
+                if m.track_id == row["id"] and abs(m.offset_s - start) <= TOLERANCE_S:
+                    hits += 1
+                    kept += m.clear  # still a hit with the default no-match threshold
+                    if not m.clear:
+                        rejected.append({"clip": f"{cond} {length:g}s", "file": row["path"],
+                                         "start_s": round(start, 2), "score": m.score})
+                else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
+                    corr = same_audio(clean, m, sr, cache)
+                    dups += corr is not None and corr > 0.95
+                    same += corr is not None and corr >= IDENTICAL
+                    misses.append({"clip": f"{cond} {length:g}s", "file": row["path"], "start_s": round(start, 2),
+                                   "match": m.path, "offset_s": m.offset_s, "score": m.score, "clear": m.clear,
+                                   "waveform_corr": corr})
+            n = len(times)
+            results[f"{cond} {length:g}s"] = {"queries": n, "top1": round(hits / n, 4),
+                                             "top1_thresholded": round(kept / n, 4),
+                                             "duplicate": round(dups / n, 4), "identical": round(same / n, 4)}
+            latency.setdefault(f"{length:g}s", []).extend(times)
+            print(f"{label}{cond:>6} {length:>4g} s: top-1 {hits / n:.1%}, {kept / n:.1%} with the no-match threshold "
+                  f"(+{dups / n:.1%} same audio elsewhere, {same / n:.1%} sample for sample) over {n}",
+                  file=sys.stderr)
+    return {"hit_rate": results,
+            "misses": misses,  # every wrong best candidate, with what it was taken for
+            "rejected": rejected,  # every right best candidate that the no-match threshold turned away
+            "latency_ms": {k: {"p50": round(1000 * float(np.percentile(v, 50)), 1),
+                               "p95": round(1000 * float(np.percentile(v, 95)), 1)} for k, v in latency.items()}}
+
+
 def false_matches(searcher: Searcher, files: list[Path], args, rng, sr: int, cache: dict[str, np.ndarray]) -> dict:
     """Share of clips of unindexed music (per length and condition) that get any match."""
     out = {}
@@ -167,6 +230,8 @@ def main():
     ap.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu or cuda")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--unindexed", type=Path, help="folder of music not in the index, for the false-match rate")
+    ap.add_argument("--unseen", type=Path,
+                    help="folder of music the codec was not trained on, indexed too; its hit rates are given apart")
     ap.add_argument("--decoys", type=int, default=0, help="speed-changed copies of every track added to the index")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -182,13 +247,17 @@ def main():
     try:
         report = index_folder(args.corpus, index_dir, checkpoint=args.checkpoint, workers=args.workers,
                               device=args.device, progress=True)
+        if args.unseen:
+            unseen_report = index_folder(args.unseen, index_dir, checkpoint=args.checkpoint, workers=args.workers,
+                                         device=args.device, progress=True)
         size = dir_bytes(index_dir)
+        hours = report.audio_hours + (unseen_report.audio_hours if args.unseen else 0.0)
         out = {
             "machine": f"{os.cpu_count()} CPU cores, {os.uname().machine}" + (
                 f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
             "tracks": report.indexed, "failed": len(report.failed), "audio_hours": round(report.audio_hours, 3),
             "index_wall_s": round(report.seconds, 2), "index_realtime": round(report.realtime, 1),
-            "stages": report.stages, "bytes_per_audio_hour": int(size / report.audio_hours),
+            "stages": report.stages, "bytes_per_audio_hour": int(size / hours),
         }
         if args.decoys:
             out.update(add_decoys(index_dir, args.decoys, device))
@@ -204,51 +273,14 @@ def main():
         cache: dict[str, np.ndarray] = {}
 
         searcher.search(loaded(cache, rows[0]["path"], sr)[: 2 * sr])  # warm up (FAISS load)
-        results, latency, misses, rejected = {}, {}, [], []
-        for length in [float(v) for v in args.lengths.split(",")]:
-            for cond in args.conditions.split(","):
-                hits = kept = dups = same = 0
-                times = []
-                for q in range(args.queries):
-                    row = rows[rng.integers(len(rows))]
-                    got = cut(loaded(cache, row["path"], sr), length, cond, sr, rng)
-                    if got is None:
-                        continue
-                    start, clean, clip = got
-                    t0 = time.perf_counter()
-                    matches = searcher.search(clip, top=1, min_score=-1.0)  # the best candidate, whatever its score
-                    times.append(time.perf_counter() - t0)
-                    if not matches:
-                        continue
-                    m = matches[0]
-                    if m.track_id == row["id"] and abs(m.offset_s - start) <= TOLERANCE_S:
-                        hits += 1
-                        kept += m.clear  # still a hit with the default no-match threshold
-                        if not m.clear:
-                            rejected.append({"clip": f"{cond} {length:g}s", "file": row["path"],
-                                             "start_s": round(start, 2), "score": m.score})
-                    else:  # wrong: is it the same audio, in another file or elsewhere in this one (a loop)?
-                        corr = same_audio(clean, m, sr, cache)
-                        dups += corr is not None and corr > 0.95
-                        same += corr is not None and corr >= IDENTICAL
-                        misses.append({"clip": f"{cond} {length:g}s", "file": row["path"], "start_s": round(start, 2),
-                                       "match": m.path, "offset_s": m.offset_s, "score": m.score, "clear": m.clear,
-                                       "waveform_corr": corr})
-                n = len(times)
-                results[f"{cond} {length:g}s"] = {"queries": n, "top1": round(hits / n, 4),
-                                                 "top1_thresholded": round(kept / n, 4),
-                                                 "duplicate": round(dups / n, 4), "identical": round(same / n, 4)}
-                latency.setdefault(f"{length:g}s", []).extend(times)
-                print(f"{cond:>6} {length:>4g} s: top-1 {hits / n:.1%}, {kept / n:.1%} with the no-match threshold "
-                      f"(+{dups / n:.1%} same audio elsewhere, {same / n:.1%} sample for sample) over {n}",
-                      file=sys.stderr)
-        out["hit_rate"] = results
-        out["misses"] = misses  # every wrong best candidate, with what it was taken for
-        out["rejected"] = rejected  # every right best candidate that the no-match threshold turned away
+        out.update(hit_rates(searcher, [r for r in rows if not under(r["path"], args.unseen)], args, rng, sr, cache))
         if args.unindexed:
             out["false_match"] = false_matches(searcher, find_audio(args.unindexed), args, rng, sr, cache)
-        out["latency_ms"] = {k: {"p50": round(1000 * float(np.percentile(v, 50)), 1),
-                                 "p95": round(1000 * float(np.percentile(v, 95)), 1)} for k, v in latency.items()}
+        if args.unseen:  # after the others, so that a seed's other queries are the same with or without it
+            unseen = hit_rates(searcher, [r for r in rows if under(r["path"], args.unseen)], args, rng, sr, cache,
+                               "unseen ")
+            out["unseen"] = {"tracks": unseen_report.indexed, "audio_hours": round(unseen_report.audio_hours, 3),
+                             **unseen}
         index.close()
         print(json.dumps(out, indent=1))
         if args.json:
