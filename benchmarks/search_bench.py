@@ -138,10 +138,6 @@ def same_audio(clean: np.ndarray, m, sr: int, cache: dict[str, np.ndarray]) -> f
     return round(align(clean[:, None], loaded(cache, m.path, sr)[:, None], at - tol, at + tol)[1], 4)
 
 
-def under(path: str, folder: Path | None) -> bool:
-    return folder is not None and Path(path).is_relative_to(folder.resolve())  # stored as found under it
-
-
 def hit_rates(searcher: Searcher, rows: list[dict], args, rng, sr: int, cache: dict[str, np.ndarray],
               label: str = "") -> dict:
     """Top-1 hit rate (per length and condition) of clips cut from the indexed tracks `rows`, with every miss,
@@ -273,12 +269,16 @@ def main():
         cache: dict[str, np.ndarray] = {}
 
         searcher.search(loaded(cache, rows[0]["path"], sr)[: 2 * sr])  # warm up (FAISS load)
-        out.update(hit_rates(searcher, [r for r in rows if not under(r["path"], args.unseen)], args, rng, sr, cache))
+        # the unseen folder's tracks apart: a path is stored under its indexed folder resolved, the file not
+        unseen_dir = args.unseen.resolve() if args.unseen else None
+        seen, unseen_rows = [], []
+        for r in rows:
+            (unseen_rows if unseen_dir and Path(r["path"]).is_relative_to(unseen_dir) else seen).append(r)
+        out.update(hit_rates(searcher, seen, args, rng, sr, cache))
         if args.unindexed:
             out["false_match"] = false_matches(searcher, find_audio(args.unindexed), args, rng, sr, cache)
         if args.unseen:  # after the others, so that a seed's other queries are the same with or without it
-            unseen = hit_rates(searcher, [r for r in rows if under(r["path"], args.unseen)], args, rng, sr, cache,
-                               "unseen ")
+            unseen = hit_rates(searcher, unseen_rows, args, rng, sr, cache, "unseen ")
             out["unseen"] = {"tracks": unseen_report.indexed, "audio_hours": round(unseen_report.audio_hours, 3),
                              **unseen}
         index.close()
