@@ -1,5 +1,8 @@
 """Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
+import os
+import sqlite3
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,12 +46,14 @@ class Match:
 @dataclass
 class _Clip:
     """A query clip, with what is worked out once for all its candidates: the band spectrograms of its middle
-    pieces, the stretches of tracks decoded for it, and which matched stretches hold the same music."""
+    pieces, the stretches of tracks decoded for it, which matched stretches hold the same music, and the jobs
+    started ahead on the searcher's second thread."""
     x: np.ndarray
     tracks: Spans
     prune: bool = True  # starts that cannot beat a sure best are not re-scored (`Searcher._beat`)
     spectrograms: dict[int, np.ndarray] = field(default_factory=dict)
     same: dict[tuple, bool] = field(default_factory=dict)  # (track, start, track, start): `Searcher._same_music`
+    ahead: dict[tuple, Future] = field(default_factory=dict)  # (method, its arguments): `Searcher._job`
 
     def middle(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, np.ndarray, np.ndarray]:
         """(where the middle `keep` samples start, those samples, their band spectrogram)."""
@@ -69,14 +74,23 @@ class Searcher:
     """Answers queries against one index; the model and FAISS indexes are loaded once.
 
     A query runs on `threads` threads of torch and FAISS (the process's own settings are put back after it):
-    its operations are small, and on a 2-core machine a second thread cost more in hand-offs than it gained
-    (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md). Except an approximate index's search, which
-    runs on `ivf_threads`, by default the process's own FAISS count (`OMP_NUM_THREADS`, else the cores it
-    may use): each thread scans the IVF lists of its share of the clip's windows, with no hand-off between
-    (at fma_small's size, 990,000 windows at nprobe 128: 12.6 -> 7.0 ms in a loop of queries on 2 cores).
+    its operations are small, and on a 2-core machine a second thread inside each cost more in hand-offs than it
+    gained (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md). Except the FAISS search of the clip's
+    windows, which runs on `ivf_threads`, by default the process's own FAISS count (`OMP_NUM_THREADS`, else the
+    cores it may use), in an approximate index (each thread scans the IVF lists of its share of the windows:
+    at fma_small's size, 990,000 windows at nprobe 128, 12.6 -> 7.0 ms in a loop of queries on 2 cores) and,
+    where the searcher has its second thread, in an exact one too (5.9 -> 4.4 ms at 47,000 windows).
+
+    With `ahead` (by default where the process may use 2 cores or more), whole jobs run on a second thread
+    beside the query's own: half of the clip's chunks are encoded there, and while this thread re-scores a
+    candidate (or works out its ceiling), the one likely to be asked for next is started there. Re-scores are a
+    query's costliest part where its best candidate is unsure (a room's recording: 4 candidates on 2 s, then up
+    to 4 on more), and independent of each other. The matches and scores are those of one thread; only the time
+    changes (180 clips of 5 s: 35.5 -> 30.5 ms p50, 72 -> 59 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
     """
 
-    def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None):
+    def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None,
+                 ahead: bool | None = None):
         import faiss
         self.index = index
         self.cfg = index.vectors
@@ -84,6 +98,14 @@ class Searcher:
         self.threads = threads
         self.ivf_threads = ivf_threads or faiss.omp_get_max_threads()
         self.dtype = compute_dtype(index.model)  # what the clip is encoded and candidates decoded in
+        if ahead is None:
+            ahead = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) > 1
+        # the second thread reads latents through the catalog's connection: safe where SQLite serializes its use;
+        # torch's thread count is kept per thread, so it is set on the second one too
+        self.pool = None
+        if ahead and sqlite3.threadsafety == 3:
+            init = {} if threads is None else {"initializer": torch.set_num_threads, "initargs": (threads,)}
+            self.pool = ThreadPoolExecutor(1, "muzip-search", **init)
 
     @property
     def min_seconds(self) -> float:
@@ -109,10 +131,16 @@ class Searcher:
         `accepts()` does not take (the no-match threshold), so a clip of unknown
         music gets `[]`.
         """
-        with threads(self.threads):
-            return self._search(x, top, min_score)
+        clip = _Clip(x, Spans(self.index, self.dtype))
+        try:
+            with threads(self.threads):
+                return self._search(clip, top, min_score)
+        finally:  # a job started ahead and not asked for: not left to run on into the next query
+            for f in clip.ahead.values():
+                f.cancel() or f.exception()
 
-    def _search(self, x: np.ndarray, top: int, min_score: float | None) -> list[Match]:
+    def _search(self, clip: _Clip, top: int, min_score: float | None) -> list[Match]:
+        x = clip.x
         seconds = len(x) / self.index.model.cfg.sample_rate
         if seconds < self.min_seconds:
             raise ClipTooShort(f"clip is {seconds:.2f} s; the minimum is {self.min_seconds:g} s")
@@ -120,8 +148,8 @@ class Searcher:
         if s.windows.ntotal == 0:
             return []
         qv, qt = self._windows(x, s.mean)
-        with threads(None if self.threads is None or not hasattr(s.windows, "nprobe") else self.ivf_threads,
-                     torch_too=False):
+        with threads(None if self.threads is None or (self.pool is None and not hasattr(s.windows, "nprobe"))
+                     else self.ivf_threads, torch_too=False):
             sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
         voted = self._vote(sims, ids, qt)
         if not voted:
@@ -142,7 +170,7 @@ class Searcher:
             candidates.append(c)
             tracks.add(c[0])
         # the caller who shows candidates gets them all re-scored; otherwise only those that can beat a sure best
-        clip = _Clip(x, Spans(self.index, self.dtype), prune=fill == 1)
+        clip.prune = fill == 1
         hits = self._verify(clip, self._rescore_all(clip, [c[:2] for c in candidates]))
         if self.cfg.margin_weight and len(tracks) == 1 and self.cfg.score_floor <= hits[0][2] < self.threshold(seconds):
             # only its margin can make the best a match, and no other track was re-scored: the next one in the vote
@@ -227,9 +255,21 @@ class Searcher:
         last = max(0, -(-len(x) // model.cfg.chunk) - 1)
         under = np.minimum(np.concatenate([np.arange(s // grid.per_chunk, (s + n - 1) // grid.per_chunk + 1)
                                            for s in starts]), last)
-        latents = encode_signal(model, x, only=under, dtype=self.dtype).numpy()
+        latents = self._encode(x, np.unique(under))
         qv, qt = window_vectors(model, latents, grid, cfg.query_hop_s, frames, limit=cfg.query_windows)
         return centre(qv, mean), qt
+
+    def _encode(self, x: np.ndarray, only: np.ndarray) -> np.ndarray:
+        """`encode_signal` of chunks `only` of clip `x`, the first half of them on the second thread where there is
+        one (chunks are encoded one by one, so the latents are the same: a 5-s clip's 6 chunks, 11.5 -> 5.5 ms)."""
+        model = self.index.model
+        if self.pool is None or len(only) < 2:
+            return encode_signal(model, x, only=only, dtype=self.dtype).numpy()
+        first = only[:len(only) // 2]
+        f = self.pool.submit(encode_signal, model, x, only=first, dtype=self.dtype)
+        z = encode_signal(model, x, only=only[len(first):], dtype=self.dtype)
+        z[first] = f.result()[first]
+        return z.numpy()
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,
               per_track: int | None = None) -> list[tuple[int, float, float]]:
@@ -319,7 +359,9 @@ class Searcher:
                      None)
             if i is None:
                 break
-            hits[i] = (*self._rescore(clip, *hits[i][:2], cfg.verify_s), True)
+            # the next one asked for is most often the best other one not verified yet
+            then = [("_rescore", *h[:2], cfg.verify_s) for j, h in enumerate(hits) if not h[3] and j != i][:1]
+            hits[i] = (*self._job(clip, ("_rescore", *hits[i][:2], cfg.verify_s), then), True)
             hits.sort(key=lambda h: -h[2])
         return hits
 
@@ -362,13 +404,28 @@ class Searcher:
         reaches neither `beat` nor `_beat` of the ones re-scored before them cannot outscore it, and are left
         out unscored."""
         hits: list[tuple[int, float, float, bool]] = []
-        for tid, o in pairs:
+        for i, (tid, o) in enumerate(pairs):
             bar = beat
             if hits and (b := self._beat(clip, max(h[2] for h in hits))) is not None:
                 bar = b if bar is None else max(bar, b)
-            if bar is None or self._ceiling(clip, tid, o) >= bar:
-                hits.append((*self._rescore(clip, tid, o), False))
+            # the next pair's likely job: its re-score where none can be left out yet, else its ceiling (`bar` only
+            # ever rises from there)
+            then = [("_rescore" if bar is None else "_ceiling", *p) for p in pairs[i + 1:i + 2]]
+            if bar is None or self._job(clip, ("_ceiling", tid, o), then) >= bar:
+                hits.append((*self._job(clip, ("_rescore", tid, o), then), False))
         return hits
+
+    def _job(self, clip: _Clip, now: tuple, then: list[tuple] = ()):
+        """Run job `now` (a method's name and its arguments after `clip`: `_rescore`'s or `_ceiling`'s), or take
+        its result where it was started on the second thread. Where this thread computes it, the jobs `then`
+        (those likely to be asked for next) start there first, so that the two threads take turns."""
+        f = clip.ahead.get(now)
+        if f is not None and not f.cancel():  # started there (a job not begun yet is done here instead)
+            return f.result()
+        for job in then if self.pool is not None else ():
+            if job not in clip.ahead:
+                clip.ahead[job] = self.pool.submit(getattr(self, job[0]), clip, *job[1:])
+        return getattr(self, now[0])(clip, *now[1:])
 
     def _beat(self, clip: _Clip, best: float) -> float | None:
         """The score a start must be able to reach to be worth re-scoring, where the best so far scored `best`:

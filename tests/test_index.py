@@ -598,7 +598,7 @@ def test_a_scan_re_scores_only_the_starts_whose_waveform_ceiling_can_beat_a_sure
     from indexer.index import Index
     from muzip_search.reconstruct import Spans
     from muzip_search.search import Searcher, _Clip
-    searcher = Searcher(Index.open(built[0], readonly=True))
+    searcher = Searcher(Index.open(built[0], readonly=True), ahead=False)  # (a second thread may start one early)
     clip = _Clip(cut(9, 0.8, 3.0), Spans(searcher.index))
     # the true start, a wrong one in its track, another track: the ceiling is never under the score
     ceilings, scores = [], []
@@ -908,7 +908,7 @@ def test_a_long_clip_encodes_only_the_chunks_under_its_searched_windows(built, m
     from indexer.index import Index
     from indexer.vectors import centre, window_vectors
     from muzip_search.search import Searcher
-    searcher = Searcher(Index.open(built[0], readonly=True))
+    searcher = Searcher(Index.open(built[0], readonly=True), ahead=False)  # the clip's chunks encoded in one call
     model, mean = searcher.index.model, searcher.index.searchable().mean
     x = np.concatenate([song(SONG_SECONDS, seed=k) for k in range(12)])  # 12 songs end to end
     encoded = []
@@ -930,3 +930,21 @@ def test_a_long_clip_encodes_only_the_chunks_under_its_searched_windows(built, m
     encoded.clear()
     searcher._windows(x[:5 * model.cfg.chunk], mean)
     assert encoded == [5]
+
+
+def test_jobs_run_ahead_on_a_second_thread_change_no_answer(built):
+    # a query's clip is encoded in two halves, and candidates re-scored while the one before computes, on a second
+    # thread: the same matches and scores as on one, for clear, noisy and unindexed clips
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    index = Index.open(built[0], readonly=True)
+    one, two = Searcher(index, ahead=False), Searcher(index, ahead=True)
+    assert one.pool is None and two.pool is not None
+    started, submit = [], two.pool.submit
+    two.pool.submit = lambda f, *a, **k: started.append(getattr(f, "__name__", "")) or submit(f, *a, **k)
+    clips = [cut(2, 1.37, 2.0), cut(5, 0.61, 4.5, noise_db=0, seed=1), cut(9, 0.9, 5.0, noise_db=-3, seed=2),
+             song(5.0, seed=77)]
+    for x in clips:
+        for top, min_score in ((1, None), (3, 0.0)):
+            assert two.search(x, top, min_score) == one.search(x, top, min_score)
+    assert {"encode_signal", "_rescore"} <= set(started)
