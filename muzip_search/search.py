@@ -180,7 +180,7 @@ class Searcher:
         # usual few candidates were re-scored (a short clip's many already cover its track's repeats, and its
         # one or few windows vote too weakly to scan a track with)
         if self.cfg.scan and most == self.cfg.rescore and self._accepted(clip, hits, 0, seconds):
-            more = self._rescan(clip, qv, qt, hits[0][0], s.mean, [h[:2] for h in candidates + hits],
+            more = self._rescan(clip, qv, qt, [hits[0][0]], s.mean, [h[:2] for h in candidates + hits],
                                 beat=self._beat(clip, hits[0][2]))
             hits = self._verify(clip, hits + more)
             hits = self._settle(clip, qv, qt, s.mean, voted, [h[:2] for h in candidates + hits], hits)
@@ -387,30 +387,34 @@ class Searcher:
         # those tracks first, then the vote's others, in its order: the true start's track may not have been re-scored
         tracks = [t for t in dict.fromkeys(tied + [c[0] for c in voted]) if t != best[0]][:cfg.tie_tracks]
         beat = self._beat(clip, best[2])
-        more = [h for tid in tracks for h in self._rescan(clip, qv, qt, tid, mean, tried, cfg.tie_starts, beat)]
+        more = self._rescan(clip, qv, qt, tracks, mean, tried, cfg.tie_starts, beat)
         return self._verify(clip, hits + more)
 
-    def _rescan(self, clip: _Clip, qv: np.ndarray, qt: np.ndarray, tid: int, mean: np.ndarray,
+    def _rescan(self, clip: _Clip, qv: np.ndarray, qt: np.ndarray, tids: list[int], mean: np.ndarray,
                 tried: list[tuple[int, float]], most: int | None = None,
                 beat: float | None = None) -> list[tuple[int, float, float, bool]]:
-        """The starts of track `tid` that `_scan` offers beside those in `tried` ((track, start) pairs), up to
-        `most` of them, re-scored by `_rescore_all`: hits as in `_verify`, not verified."""
-        starts = self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:most]
-        return self._rescore_all(clip, [(tid, o) for o in starts], beat)
+        """For each track of `tids` in turn, the starts that `_scan` offers beside those in `tried` ((track,
+        start) pairs), up to `most` of them, re-scored by `_rescore_all`: hits as in `_verify`, not verified.
+        All tracks are scanned first, so that a track's last start overlaps the next track's first."""
+        groups = [[(tid, o) for o in self._scan(qv, qt, tid, mean, [o for t, o in tried if t == tid])[:most]]
+                  for tid in tids]
+        return [h for k, pairs in enumerate(groups)
+                for h in self._rescore_all(clip, pairs, beat, after=[p for g in groups[k + 1:] for p in g][:1])]
 
-    def _rescore_all(self, clip: _Clip, pairs: list[tuple[int, float]],
-                     beat: float | None = None) -> list[tuple[int, float, float, bool]]:
+    def _rescore_all(self, clip: _Clip, pairs: list[tuple[int, float]], beat: float | None = None,
+                     after: list[tuple[int, float]] = ()) -> list[tuple[int, float, float, bool]]:
         """(track, start) pairs re-scored in turn: hits as in `_verify`, not verified. Those whose `_ceiling`
         reaches neither `beat` nor `_beat` of the ones re-scored before them cannot outscore it, and are left
-        out unscored."""
+        out unscored. `after`: the pair that the caller asks for next, with the same `beat` (only for `_job`)."""
         hits: list[tuple[int, float, float, bool]] = []
         for i, (tid, o) in enumerate(pairs):
             bar = beat
             if hits and (b := self._beat(clip, max(h[2] for h in hits))) is not None:
                 bar = b if bar is None else max(bar, b)
             # the next pair's likely job: its re-score where none can be left out yet, else its ceiling (`bar` only
-            # ever rises from there)
-            then = [("_rescore" if bar is None else "_ceiling", *p) for p in pairs[i + 1:i + 2]]
+            # ever rises from there; the caller's next pair starts from `beat`)
+            then = ([("_rescore" if bar is None else "_ceiling", *p) for p in pairs[i + 1:i + 2]]
+                    or [("_rescore" if beat is None else "_ceiling", *p) for p in after[:1]])
             if bar is None or self._job(clip, ("_ceiling", tid, o), then) >= bar:
                 hits.append((*self._job(clip, ("_rescore", tid, o), then), False))
         return hits

@@ -618,7 +618,7 @@ def test_a_scan_re_scores_only_the_starts_whose_waveform_ceiling_can_beat_a_sure
                         rescore(self, clip, tid, o, *a))
     for beat, prune, tried in [(0.95, True, [0.8]), (None, True, [0.8]), (None, False, [0.8, 2.3])]:
         rescored.clear()  # with no score to beat, the true start, re-scored first, is one
-        hits = searcher._rescan(_Clip(clip.x, clip.tracks, prune), None, None, 9, None, [], beat=beat)
+        hits = searcher._rescan(_Clip(clip.x, clip.tracks, prune), None, None, [9], None, [], beat=beat)
         assert len(hits) == len(tried) and rescored == tried
 
 
