@@ -1,5 +1,4 @@
 """Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
-import os
 import sqlite3
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -81,12 +80,12 @@ class Searcher:
     at fma_small's size, 990,000 windows at nprobe 128, 12.6 -> 7.0 ms in a loop of queries on 2 cores) and,
     where the searcher has its second thread, in an exact one too (5.9 -> 4.4 ms at 47,000 windows).
 
-    With `ahead` (by default where the process may use 2 cores or more), whole jobs run on a second thread
+    With `ahead` (by default where `ivf_threads` is 2 or more), whole jobs run on a second thread
     beside the query's own: half of the clip's chunks are encoded there, and while this thread re-scores a
     candidate (or works out its ceiling), the one likely to be asked for next is started there. Re-scores are a
     query's costliest part where its best candidate is unsure (a room's recording: 4 candidates on 2 s, then up
     to 4 on more), and independent of each other. The matches and scores are those of one thread; only the time
-    changes (180 clips of 5 s: 35.5 -> 30.5 ms p50, 72 -> 59 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
+    changes (180 clips of 5 s: 36.6 -> 31.4 ms p50, 74.4 -> 58.4 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
     """
 
     def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None,
@@ -98,8 +97,8 @@ class Searcher:
         self.threads = threads
         self.ivf_threads = ivf_threads or faiss.omp_get_max_threads()
         self.dtype = compute_dtype(index.model)  # what the clip is encoded and candidates decoded in
-        if ahead is None:
-            ahead = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) > 1
+        if ahead is None:  # where the process may use 2 cores or more (OMP_NUM_THREADS=1: one thread)
+            ahead = self.ivf_threads > 1
         # the second thread reads latents through the catalog's connection: safe where SQLite serializes its use;
         # torch's thread count is kept per thread, so it is set on the second one too
         self.pool = None
