@@ -235,13 +235,19 @@ class Searcher:
         sr = self.index.model.cfg.sample_rate
         keep = min(len(clip.x), int(max(cfg.verify_s, cfg.rescore_max_s) * sr))
         skip = (len(clip.x) - keep) // 2
-        try:
-            x = clip.tracks(a[0], a[1] + skip / sr, a[1] + (skip + keep) / sr)
-            y = clip.tracks(b[0], b[1] + skip / sr - 0.1, b[1] + (skip + keep) / sr + 0.1)
-        except NotInIndex:  # removed since
+        x = ("_stretch", a[0], a[1] + skip / sr, a[1] + (skip + keep) / sr)
+        y = ("_stretch", b[0], b[1] + skip / sr - 0.1, b[1] + (skip + keep) / sr + 0.1)
+        p, q = self._job(clip, x, [y]), self._job(clip, y)  # the two on the two threads
+        if p is None or q is None:  # removed since
             return -1.0
-        p, q = band_spectrogram(x, sr, cfg), band_spectrogram(y, sr, cfg)
         return align(p, q, 0, len(q) - len(p))[1]
+
+    def _stretch(self, clip: _Clip, tid: int, start_s: float, end_s: float) -> np.ndarray | None:
+        """The band spectrogram of seconds [start_s, end_s) of track `tid`; None where it is not in the index."""
+        try:
+            return band_spectrogram(clip.tracks(tid, start_s, end_s), self.index.model.cfg.sample_rate, self.cfg)
+        except NotInIndex:
+            return None
 
     def _windows(self, x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`."""
@@ -419,9 +425,10 @@ class Searcher:
         return hits
 
     def _job(self, clip: _Clip, now: tuple, then: list[tuple] = ()):
-        """Run job `now` (a method's name and its arguments after `clip`: `_rescore`'s or `_ceiling`'s), or take
-        its result where it was started on the second thread. Where this thread computes it, the jobs `then`
-        (those likely to be asked for next) start there first, so that the two threads take turns."""
+        """Run job `now` (a method's name and its arguments after `clip`: `_rescore`'s, `_ceiling`'s or
+        `_stretch`'s), or take its result where it was started on the second thread. Where this thread computes
+        it, the jobs `then` (those likely to be asked for next) start there first, so that the threads take
+        turns."""
         f = clip.ahead.get(now)
         if f is not None and not f.cancel():  # started there (a job not begun yet is done here instead)
             return f.result()
