@@ -53,7 +53,7 @@ class Catalog:
     def __init__(self, path: Path, readonly: bool = False):
         self.path = Path(path)
         uri = f"file:{self.path}?mode=ro" if readonly else str(self.path)
-        # a searcher reads from a second thread too (`Searcher`'s re-scores ahead); SQLite serializes a connection's
+        # a searcher reads from a second thread too (`Searcher`'s jobs ahead); SQLite serializes a connection's
         # use where `sqlite3.threadsafety` is 3, and writes stay on the one thread that indexes
         conn = sqlite3.connect(uri, uri=readonly, timeout=60, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA busy_timeout = 60000")

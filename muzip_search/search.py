@@ -82,7 +82,8 @@ class Searcher:
 
     With `ahead` (by default where `ivf_threads` is 2 or more), whole jobs run on a second thread
     beside the query's own: half of the clip's chunks are encoded there, and while this thread re-scores a
-    candidate (or works out its ceiling), the one likely to be asked for next is started there. Re-scores are a
+    candidate (or works out its ceiling, or a stretch for `_correlate`), the job likely to be asked for next is
+    started there. Re-scores are a
     query's costliest part where its best candidate is unsure (a room's recording: 4 candidates on 2 s, then up
     to 4 on more), and independent of each other. The matches and scores are those of one thread; only the time
     changes (180 clips of 5 s: 36.6 -> 31.4 ms p50, 74.4 -> 58.4 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
