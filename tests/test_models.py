@@ -119,6 +119,19 @@ def test_openblas_gets_the_kernels_of_the_cpus_instruction_sets():
     assert openblas_kernels(avx512 - {"avx512bw"}) == "Haswell"  # SkylakeX's kernels need all four
 
 
+def test_malloc_keeps_freed_memory_under_glibc_unless_the_user_set_it():
+    import os
+
+    from models import keep_freed_memory
+    try:
+        glibc = os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError, AttributeError):
+        glibc = False
+    assert keep_freed_memory({}) is glibc
+    assert [keep_freed_memory({k: "131072"}) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                                                       "MALLOC_TOP_PAD_")] == [False, False, False]
+
+
 def test_bfloat16_inference_keeps_latents_within_a_step_and_decodes_near_float32():
     # the shipped codec computing in bfloat16 (search and indexing on a CPU with AMX): latents at most one step
     # from float32's, few of them moved; decoded audio far below the codec's own error from float32's
