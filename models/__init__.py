@@ -44,14 +44,15 @@ _MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_P
 def keep_freed_memory(environ=os.environ) -> bool:
     """Have glibc's malloc keep freed memory for the next allocation instead of handing it back to the kernel.
 
-    glibc maps a large block (an encoder batch's activations: 10-25 MB) afresh for each allocation, or trims it
-    off the heap when it is freed, unless its adaptive threshold has risen past that size, which depends on
-    what the process allocated before: indexing 401 tracks through the `muzip-search` command on a 2-core
-    Zen 3 VM faulted 3.1-3.5 million pages and ran at 357-387x real time, the same code started another way
-    0.17-0.19 million and 449-460x. Blocks under 32 MB now come from the heap and up to 256 MB freed stays
-    there: 0.18-0.20 million faults and 455-460x through the command, its peak memory 0.6-0.8 GB either way
-    (BENCHMARKS.md). Returns whether it did: only under glibc, and the user's own settings win (`MALLOC_*`,
-    or `glibc.malloc` tunables in `GLIBC_TUNABLES`)."""
+    glibc maps a large block (an encoder batch's activations: 10-25 MB) afresh for each allocation, or trims it off
+    the heap when it is freed, unless its adaptive threshold has risen past that size, which depends on what the
+    process allocated before: indexing 401 tracks through the `muzip-search` command on a 2-core Zen 3 VM faulted
+    3.1-3.5 million pages and ran at 357-387x real time, the same code started another way 0.17-0.19 million and
+    449-460x. Blocks under 32 MB now come from the heap and up to 256 MB freed stays there (in each of malloc's
+    arenas: one per thread that allocates, up to 8 per core; these commands allocate on one or two): 0.18-0.20
+    million faults and 455-460x through the command, its peak memory 0.6-0.8 GB either way (BENCHMARKS.md). Returns
+    whether it did: only under glibc, and the user's own settings win (`MALLOC_*`, or `glibc.malloc` tunables in
+    `GLIBC_TUNABLES`)."""
     if any(k in environ for k in _MALLOC_ENV) or "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
         return False
     try:
