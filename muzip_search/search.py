@@ -80,13 +80,13 @@ class Searcher:
     at fma_small's size, 990,000 windows at nprobe 128, 12.6 -> 7.0 ms in a loop of queries on 2 cores) and,
     where the searcher has its second thread, in an exact one too (5.9 -> 4.4 ms at 47,000 windows).
 
-    With `ahead` (by default where `ivf_threads` is 2 or more), whole jobs run on a second thread
-    beside the query's own: half of the clip's chunks are encoded there, and while this thread re-scores a
-    candidate (or works out its ceiling, or a stretch for `_correlate`), the job likely to be asked for next is
-    started there. Re-scores are a
-    query's costliest part where its best candidate is unsure (a room's recording: 4 candidates on 2 s, then up
-    to 4 on more), and independent of each other. The matches and scores are those of one thread; only the time
-    changes (180 clips of 5 s: 36.6 -> 31.4 ms p50, 74.4 -> 58.4 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
+    With `ahead` (by default where `ivf_threads` is 2 or more), whole jobs run on a second thread beside the query's
+    own: half of the clip's chunks are encoded there, then the spectrograms of the clip's pieces that re-scores
+    compare (while this thread pools the windows), and while this thread re-scores a candidate (or works out its
+    ceiling, or a stretch for `_correlate`), the job likely to be asked for next is started there. Re-scores are a
+    query's costliest part where its best candidate is unsure (a room's recording: 4 candidates on 2 s, then up to 4
+    on more), and independent of each other. The matches and scores are those of one thread; only the time changes
+    (180 clips of 5 s: 36.6 -> 31.4 ms p50, 74.4 -> 58.4 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
     """
 
     def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None,
@@ -147,7 +147,7 @@ class Searcher:
         s = self.index.searchable()
         if s.windows.ntotal == 0:
             return []
-        qv, qt = self._windows(x, s.mean)
+        qv, qt = self._windows(x, s.mean, clip)
         with threads(None if self.threads is None or (self.pool is None and not hasattr(s.windows, "nprobe"))
                      else self.ivf_threads, torch_too=False):
             sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
@@ -250,8 +250,9 @@ class Searcher:
         except NotInIndex:
             return None
 
-    def _windows(self, x: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`."""
+    def _windows(self, x: np.ndarray, mean: np.ndarray, clip: _Clip | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`.
+        With `clip` (`x`'s), the second thread goes on to what every re-score of it compares (`_encode`)."""
         model, grid, cfg = self.index.model, self.grid, self.cfg
         frames = grid.frames(len(x), model.cfg.sample_rate)
         # only the chunks under the `query_windows` windows searched are encoded: all of a clip of a few
@@ -261,21 +262,43 @@ class Searcher:
         last = max(0, -(-len(x) // model.cfg.chunk) - 1)
         under = np.minimum(np.concatenate([np.arange(s // grid.per_chunk, (s + n - 1) // grid.per_chunk + 1)
                                            for s in starts]), last)
-        latents = self._encode(x, np.unique(under))
+        latents = self._encode(x, np.unique(under), clip)
         qv, qt = window_vectors(model, latents, grid, cfg.query_hop_s, frames, limit=cfg.query_windows)
         return centre(qv, mean), qt
 
-    def _encode(self, x: np.ndarray, only: np.ndarray) -> np.ndarray:
+    def _encode(self, x: np.ndarray, only: np.ndarray, clip: _Clip | None = None) -> np.ndarray:
         """`encode_signal` of chunks `only` of clip `x`, the first half of them on the second thread where there is
-        one (chunks are encoded one by one, so the latents are the same: a 5-s clip's 6 chunks, 11.5 -> 5.5 ms)."""
+        one (chunks are encoded one by one, so the latents are the same: a 5-s clip's 6 chunks, 11.5 -> 5.5 ms).
+        With `clip`, that thread then computes the clip's middle pieces' spectrograms (`_middle`), which every
+        re-score compares, while this one pools the windows and searches FAISS."""
         model = self.index.model
-        if self.pool is None or len(only) < 2:
+        f = None
+        if self.pool is not None and len(only) >= 2:
+            f = self.pool.submit(encode_signal, model, x, only=only[:len(only) // 2], dtype=self.dtype)
+        if self.pool is not None and clip is not None:
+            for job in self._middles(len(x)):
+                clip.ahead[job] = self.pool.submit(self._middle, clip, *job[1:])
+        if f is None:
             return encode_signal(model, x, only=only, dtype=self.dtype).numpy()
         first = only[:len(only) // 2]
-        f = self.pool.submit(encode_signal, model, x, only=first, dtype=self.dtype)
         z = encode_signal(model, x, only=only[len(first):], dtype=self.dtype)
         z[first] = f.result()[first]
         return z.numpy()
+
+    def _middles(self, samples: int) -> list[tuple]:
+        """The `_middle` jobs that re-scoring a clip of `samples` asks for: its first re-scores', and `_verify`'s
+        where a clip so long can be verified."""
+        return [("_middle", None)] + ([("_middle", self.cfg.verify_s)] if self._verifies(samples) else [])
+
+    def _verifies(self, samples: int) -> bool:
+        """Whether `_verify` re-scores a clip of `samples` on more of it than the first re-scores compare."""
+        cfg = self.cfg
+        return cfg.verify_s > cfg.rescore_max_s and samples > cfg.rescore_max_s * self.index.model.cfg.sample_rate
+
+    def _middle(self, clip: _Clip, seconds: float | None = None) -> tuple[int, np.ndarray, np.ndarray]:
+        """`_Clip.middle` of the middle `seconds` of the clip (default `rescore_max_s`): what `_rescore` compares."""
+        sr = self.index.model.cfg.sample_rate
+        return clip.middle(min(len(clip.x), int((seconds or self.cfg.rescore_max_s) * sr)), sr, self.cfg)
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,
               per_track: int | None = None) -> list[tuple[int, float, float]]:
@@ -355,7 +378,7 @@ class Searcher:
         """
         cfg = self.cfg
         hits = sorted(hits, key=lambda h: -h[2])
-        if cfg.verify_s <= cfg.rescore_max_s or len(clip.x) <= cfg.rescore_max_s * self.index.model.cfg.sample_rate:
+        if not self._verifies(len(clip.x)):
             return hits
         for _ in range(cfg.verify):
             best = hits[0][2]
@@ -489,8 +512,8 @@ class Searcher:
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
         x = clip.x
-        keep = min(len(x), int((seconds or cfg.rescore_max_s) * sr))
-        skip, piece, q = clip.middle(keep, sr, cfg)  # the middle of a long clip
+        skip, piece, q = self._job(clip, ("_middle", seconds))  # the middle of a long clip
+        keep = len(piece)
         slack = cfg.hop_s
         start = max(0.0, offset + skip / sr - slack)
         try:

@@ -933,8 +933,9 @@ def test_a_long_clip_encodes_only_the_chunks_under_its_searched_windows(built, m
 
 
 def test_jobs_run_ahead_on_a_second_thread_change_no_answer(built):
-    # a query's clip is encoded in two halves, and candidates re-scored while the one before computes, on a second
-    # thread: the same matches and scores as on one, for clear, noisy and unindexed clips
+    # a query's clip is encoded in two halves, its pieces' spectrograms computed while it is pooled, and candidates
+    # re-scored while the one before computes, on a second thread: the same matches and scores as on one, for
+    # clear, noisy and unindexed clips
     from indexer.index import Index
     from muzip_search.search import Searcher
     index = Index.open(built[0], readonly=True)
@@ -947,4 +948,4 @@ def test_jobs_run_ahead_on_a_second_thread_change_no_answer(built):
     for x in clips:
         for top, min_score in ((1, None), (3, 0.0)):
             assert two.search(x, top, min_score) == one.search(x, top, min_score)
-    assert {"encode_signal", "_rescore"} <= set(started)
+    assert {"encode_signal", "_middle", "_rescore"} <= set(started)
