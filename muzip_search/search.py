@@ -85,8 +85,9 @@ class Searcher:
     compare (while this thread pools the windows), and while this thread re-scores a candidate (or works out its
     ceiling, or a stretch for `_correlate`), the job likely to be asked for next is started there. Re-scores are a
     query's costliest part where its best candidate is unsure (a room's recording: 4 candidates on 2 s, then up to 4
-    on more), and independent of each other. The matches and scores are those of one thread; only the time changes
-    (180 clips of 5 s: 36.6 -> 31.4 ms p50, 74.4 -> 58.4 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
+    on more), and independent of each other. The matches and scores shown are those of one thread (the samples of a
+    stretch decoded in parts, up to float32's rounding: `Spans`); only the time changes (180 clips of 5 s: 36.6 ->
+    31.4 ms p50, 74.4 -> 58.4 ms p95 on a 2-core Zen 3 VM, BENCHMARKS.md).
     """
 
     def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None,
