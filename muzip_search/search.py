@@ -276,9 +276,8 @@ class Searcher:
         f = None
         if self.pool is not None and len(only) >= 2:
             f = self.pool.submit(encode_signal, model, x, only=only[:len(only) // 2], dtype=self.dtype)
-        if self.pool is not None and clip is not None:
-            for job in self._middles(len(x)):
-                clip.ahead[job] = self.pool.submit(self._middle, clip, *job[1:])
+        if clip is not None:
+            self._start(clip, self._middles(len(x)))
         if f is None:
             return encode_signal(model, x, only=only, dtype=self.dtype).numpy()
         first = only[:len(only) // 2]
@@ -450,17 +449,21 @@ class Searcher:
         return hits
 
     def _job(self, clip: _Clip, now: tuple, then: list[tuple] = ()):
-        """Run job `now` (a method's name and its arguments after `clip`: `_rescore`'s, `_ceiling`'s or
-        `_stretch`'s), or take its result where it was started on the second thread. Where this thread computes
-        it, the jobs `then` (those likely to be asked for next) start there first, so that the threads take
-        turns."""
+        """Run job `now` (a method's name and its arguments after `clip`: `_rescore`'s, `_ceiling`'s,
+        `_stretch`'s or `_middle`'s), or take its result where it was started on the second thread. Where this
+        thread computes it, the jobs `then` (those likely to be asked for next) start there first, so that the
+        threads take turns."""
         f = clip.ahead.get(now)
         if f is not None and not f.cancel():  # started there (a job not begun yet is done here instead)
             return f.result()
-        for job in then if self.pool is not None else ():
+        self._start(clip, then)
+        return getattr(self, now[0])(clip, *now[1:])
+
+    def _start(self, clip: _Clip, jobs: list[tuple]) -> None:
+        """Start `jobs` (as `_job`'s) on the second thread, where there is one, unless started already."""
+        for job in jobs if self.pool is not None else ():
             if job not in clip.ahead:
                 clip.ahead[job] = self.pool.submit(getattr(self, job[0]), clip, *job[1:])
-        return getattr(self, now[0])(clip, *now[1:])
 
     def _beat(self, clip: _Clip, best: float) -> float | None:
         """The score a start must be able to reach to be worth re-scoring, where the best so far scored `best`:
