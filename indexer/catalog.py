@@ -5,6 +5,8 @@ Tables:
   original rate and channels, FMA metadata, status `indexed` or `failed` + reason).
 - `latents`: each indexed track's int8 latents `[N, C, F]`, enough to decode any second.
 - `vectors`: each track's window vectors `[W, D]` (float16) and whole-track vector.
+- `spectrograms`: each indexed track's band energies `[T, bands]` (uint8, `vectors.stored_energies`), which
+  re-scoring compares with a clip's, from the track's own audio (in indexes made since they are stored).
 - `meta`: the manifest and the `generation`, bumped in the same transaction as
   every change, so FAISS files stamped with a generation are stale exactly when
   the catalog has moved on.
@@ -46,6 +48,7 @@ class TrackRecord:
     samples: int | None = None          # samples at the model's rate (the last chunk is padded)
     windows: np.ndarray | None = None   # float16 [W, D]
     whole: np.ndarray | None = None     # float32 [D2]
+    spectrogram: np.ndarray | None = None  # uint8 [T, bands] (`vectors.stored_energies`), where the index stores them
     wanted_id: int | None = None        # FMA id from the file name, if any
 
 
@@ -80,6 +83,9 @@ class Catalog:
                                       "whole": bytes}, pk="track_id")
                 db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
                                        {"key": "generation", "value": "0"}])
+        if "spectrograms" not in db.table_names():  # in a catalog made before they were stored: from now on
+            with db.conn:
+                db["spectrograms"].create({"track_id": int, "frames": int, "bands": int, "data": bytes}, pk="track_id")
         if "changes" not in db.table_names():  # a catalog made before it records changes from now on
             with db.conn:
                 db["changes"].create({"generation": int, "track_id": int})
@@ -163,6 +169,10 @@ class Catalog:
                                       "dim": rec.windows.shape[1],
                                       "data": rec.windows.astype(np.float16).tobytes(),
                                       "whole": rec.whole.astype(np.float32).tobytes()})
+                if rec.spectrogram is not None:
+                    db["spectrograms"].insert({"track_id": track_id, "frames": len(rec.spectrogram),
+                                               "bands": rec.spectrogram.shape[1],
+                                               "data": np.ascontiguousarray(rec.spectrogram, np.uint8).tobytes()})
             self._bump([track_id])
             db.execute("commit")
         except BaseException:
@@ -171,7 +181,8 @@ class Catalog:
         return track_id
 
     def _delete_rows(self, track_id: int) -> None:
-        for table, key in (("latents", "track_id"), ("vectors", "track_id"), ("tracks", "id")):
+        for table, key in (("latents", "track_id"), ("vectors", "track_id"), ("spectrograms", "track_id"),
+                           ("tracks", "id")):
             self.db.execute(f"delete from {table} where {key} = ?", [track_id])
 
     def remove(self, track_ids: list[int]) -> int:
@@ -221,6 +232,24 @@ class Catalog:
         blob = self.db.execute("select substr(data, ?, ?) from latents where track_id = ?",
                                [first * size + 1, (last - first) * size, track_id]).fetchone()[0]
         return np.frombuffer(blob, dtype=np.int8).reshape(last - first, c, f), samples
+
+    def spectrogram(self, track_id: int, first: int = 0, last: int | None = None) -> np.ndarray | None:
+        """Stored band energies uint8 `[n, bands]` of frames `first` to `last` (exclusive) of a track; None where
+        none are stored. Only those frames are read, as with `latents`."""
+        try:
+            row = self.db.execute("select frames, bands from spectrograms where track_id = ?", [track_id]).fetchone()
+        except sqlite3.OperationalError:  # an index made before they were stored, opened read-only
+            return None
+        if row is None:
+            return None
+        frames, bands = row
+        first = max(0, first)
+        last = frames if last is None else min(last, frames)
+        if last <= first:
+            return np.zeros((0, bands), np.uint8)
+        blob = self.db.execute("select substr(data, ?, ?) from spectrograms where track_id = ?",
+                               [first * bands + 1, (last - first) * bands, track_id]).fetchone()[0]
+        return np.frombuffer(blob, dtype=np.uint8).reshape(last - first, bands)
 
     def track_samples(self, track_id: int) -> int | None:
         """A stored track's length in samples at the model's rate; None if it is not stored."""
@@ -281,6 +310,8 @@ class Catalog:
             "audio_hours": (q("select coalesce(sum(seconds), 0) from tracks where status = 'indexed'")) / 3600,
             "latent_bytes": q("select coalesce(sum(length(data)), 0) from latents"),
             "vector_bytes": q("select coalesce(sum(length(data) + length(whole)), 0) from vectors"),
+            "spectrogram_bytes": (q("select coalesce(sum(length(data)), 0) from spectrograms")
+                                  if "spectrograms" in self.db.table_names() else 0),
             "windows": self.window_count(),
         }
 

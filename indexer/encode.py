@@ -86,11 +86,15 @@ def chunk_stream(path: Path, sample_rate: int, chunk: int) -> Iterator[tuple[np.
         yield chunks(carry, chunk), len(carry)
 
 
-def encode_file(model: Codec, path, batch: int = 64, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, int]:
+def encode_file(model: Codec, path, batch: int = 64, dtype: torch.dtype = torch.float32,
+                also=None) -> tuple[torch.Tensor, int]:
     """Stream a file through the encoder (computing in `dtype`): (latents `[N, C, F]`, number of samples at the
-    model's rate)."""
+    model's rate). `also`: something with an `add(samples)` method that gets the same samples, block by block
+    (`vectors.StoredEnergiesStream`)."""
     parts, n = [], 0
     for block, valid in chunk_stream(Path(path), model.cfg.sample_rate, model.cfg.chunk):
         parts.append(encode_chunks(model, block, batch, dtype))
+        if also is not None:
+            also.add(block.reshape(-1)[:valid])
         n += valid
     return torch.cat(parts), n

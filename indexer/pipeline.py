@@ -24,7 +24,8 @@ from .catalog import Catalog, TrackRecord
 from .decode import parallel_map
 from .encode import encode_chunks, encode_file
 from .metadata import fma_id
-from .vectors import FrameGrid, VectorConfig, frame_features, track_vector, window_vectors
+from .vectors import (FrameGrid, StoredEnergiesStream, VectorConfig, frame_features, stored_energies, track_vector,
+                      window_vectors)
 
 STREAM_OVER_S = 600.0  # longer files are streamed through the encoder instead of decoded whole
 
@@ -40,6 +41,7 @@ class Decoded:
     channels: int | None = None
     seconds: float | None = None
     audio: np.ndarray | None = None   # int16 mono at the model's rate; None if failed or streamed
+    spectrogram: np.ndarray | None = None  # its band energies as stored (`stored_energies`), where the index stores them
     stream: bool = False              # too long to hold: the encode stage streams it from disk
     error: AudioError | None = None
     decode_s: float = 0.0             # CPU seconds the decode stage took (in its worker)
@@ -50,8 +52,9 @@ def file_hash(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
 
 
-def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
-    """Decode one file to int16 mono at `sample_rate`; never raises for bad audio."""
+def decode_stage(path: Path, sample_rate: int, min_seconds: float, spec: VectorConfig | None = None) -> Decoded:
+    """Decode one file to int16 mono at `sample_rate`, and with `spec` (an index's `VectorConfig` that stores
+    them), its band energies as stored; never raises for bad audio."""
     path = Path(path)
     t0 = time.process_time()
     try:
@@ -68,17 +71,28 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
         x = load(path, sample_rate, min_seconds=min_seconds)
         d.seconds = len(x) / sample_rate
         d.audio = to_pcm16(x)
+        d.spectrogram = spectrogram_stage(d.audio, sample_rate, spec)
     except AudioError as err:
         d.error = err
     d.decode_s = time.process_time() - t0
     return d
 
 
-def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tuple[np.ndarray, int] | None]:
+def spectrogram_stage(audio: np.ndarray, sample_rate: int, spec: VectorConfig | None) -> np.ndarray | None:
+    """The band energies an index stores (`stored_energies`) of int16 mono `audio`, the samples the encoder gets;
+    None where `spec` (the index's `VectorConfig`) does not store them."""
+    if spec is None or not spec.stored_spec:
+        return None
+    return stored_energies(pcm16_to_float(audio), sample_rate, spec)
+
+
+def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
+                 spec: VectorConfig | None = None) -> list[tuple[np.ndarray, int] | None]:
     """Latents `[N, C, F]` (int8) and sample count for each decoded item, one batched encoder pass, computed in
     `compute_dtype(model)` (bfloat16 on a CPU with AMX).
 
-    Streamed (long) files are encoded block by block from disk; failed ones give None.
+    Streamed (long) files are encoded block by block from disk, and with `spec` (as `decode_stage`'s), their band
+    energies worked out in the same pass; failed ones give None.
     """
     cfg, dtype = model.cfg, compute_dtype(model)
     out: list = [None] * len(items)
@@ -88,8 +102,10 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64) -> list[tu
             continue
         if d.stream:
             try:
-                z, n = encode_file(model, d.path, batch, dtype)
+                energies = StoredEnergiesStream(cfg.sample_rate, spec) if spec is not None and spec.stored_spec else None
+                z, n = encode_file(model, d.path, batch, dtype, energies)
                 out[i] = (z.numpy(), n)
+                d.spectrogram = None if energies is None else energies.result()
                 d.seconds = n / cfg.sample_rate
             except AudioError as err:
                 d.error = err
@@ -128,7 +144,7 @@ def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg
         rec.reason = "silent"
         return rec
     rec.windows, rec.whole = pool_stage(model, latents, samples, cfg)
-    rec.status, rec.latents, rec.samples = "indexed", latents, samples
+    rec.status, rec.latents, rec.samples, rec.spectrogram = "indexed", latents, samples, d.spectrogram
     return rec
 
 
@@ -152,10 +168,10 @@ def write_stage(catalog: Catalog, rec: TrackRecord) -> int:
 
 
 def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int,
-                   ahead: int | None = None) -> Iterator[Decoded]:
+                   ahead: int | None = None, spec: VectorConfig | None = None) -> Iterator[Decoded]:
     """The decode stage over many files, in order, in `workers` processes, at most `ahead` files (default: 4 per
     worker) decoded or decoding past the one taken."""
-    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds) for p in paths], workers, ahead)
+    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds, spec) for p in paths], workers, ahead)
 
 
 def _decode_args(a):
@@ -183,7 +199,7 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
 
     def flush():
         t0 = time.perf_counter()
-        encoded = encode_stage(model, pending)
+        encoded = encode_stage(model, pending, spec=cfg)
         t1 = time.perf_counter()
         summary.encode_s += t1 - t0
         for d, e in zip(pending, encoded):
@@ -201,7 +217,8 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         pending.clear()
 
     # two batches ahead: the workers decode the next while the encoder works on one
-    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers)):
+    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers),
+                            cfg):
         pending.append(d)
         if len(pending) >= batch_files:
             flush()

@@ -59,6 +59,8 @@ class VectorConfig:
     exact_spec: bool = True      # the spectrogram correlation also taken at the waveform's sample-exact start
     room_decay_s: float = 0.03   # ...and, for other clips, also against the track's spectrogram smeared by a room's
                                  # reverberation, energy decaying with this time constant (0: not)
+    stored_spec: bool = True     # each track's band energies stored at indexing, from its own audio (uint8, 4.8 kB per
+                                 # second), and read by re-scoring (False: computed from a decoded stretch each time)
     exact_max: int = 100_000     # above this many windows (about 7 h of audio), an approximate index:
     approximate: str = "ivf-sq8"  # IVF lists of 8-bit scalar-quantized vectors, or "ivf-pq" (product-quantized)
     sq8_max: int = 20_000_000    # ...but product codes above this many windows (about 1,400 h; 8-bit vectors
@@ -78,7 +80,7 @@ class VectorConfig:
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
-           "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0, "same_music": 0.0}
+           "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0, "same_music": 0.0, "stored_spec": False}
 
 
 @dataclass(frozen=True)
@@ -213,16 +215,65 @@ def _hann(n: int) -> torch.Tensor:
     return torch.hann_window(n)
 
 
+N_FFT = 2048  # the band spectrogram's frame: frame k covers samples [k * hop, k * hop + N_FFT)
+
+
+def spec_hop(sr: int, cfg: VectorConfig) -> int:
+    """The band spectrogram's hop in samples (441 at 44.1 kHz)."""
+    return max(1, int(round(cfg.spec_hop_s * sr)))
+
+
 def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> torch.Tensor:
     """Energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`."""
-    n_fft, hop = 2048, max(1, int(round(cfg.spec_hop_s * sr)))
-    if len(x) < n_fft:
-        x = np.pad(x, (0, n_fft - len(x)))
-    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), n_fft, hop,
-                      window=_hann(n_fft), center=False, return_complex=True)  # [bins, T]
-    rows, m = _band_matrix(sr, n_fft, cfg.spec_bands)
+    if len(x) < N_FFT:
+        x = np.pad(x, (0, N_FFT - len(x)))
+    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), N_FFT, spec_hop(sr, cfg),
+                      window=_hann(N_FFT), center=False, return_complex=True)  # [bins, T]
+    rows, m = _band_matrix(sr, N_FFT, cfg.spec_bands)
     spec = spec[rows]
     return (spec.real ** 2 + spec.imag ** 2).T @ m
+
+
+# band energies as an index stores them (`VectorConfig.stored_spec`): one byte each, in steps of _SPEC_STEP_DB from
+# _SPEC_LOW_DB (full-scale music peaks near +55 dB; code 0, under _SPEC_LOW_DB, is silence, read back as 0)
+_SPEC_LOW_DB, _SPEC_STEP_DB = -60.0, 0.5
+
+
+def stored_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
+    """`band_energies` of a whole signal as the index stores them: uint8 `[T, bands]`, each within a quarter of a
+    dB of its value (or 0 where it is under -60 dB). The log spectrograms re-scoring correlates, whose values
+    spread over tens of dB, then correlate with the exact ones at 0.9992 or more (2-s stretches of held-out music,
+    BENCHMARKS.md)."""
+    db = 10.0 * torch.log10(band_energies(x, sr, cfg) + 1e-30)
+    return torch.clamp(torch.round((db - _SPEC_LOW_DB) / _SPEC_STEP_DB), 0, 255).to(torch.uint8).numpy()
+
+
+def energies_of(stored: np.ndarray) -> torch.Tensor:
+    """Stored band energies (uint8 `[T, bands]`) -> energies `[T, bands]`, as `band_energies` gives them."""
+    codes = torch.from_numpy(stored.astype(np.float32))
+    return torch.where(codes > 0, 10.0 ** ((codes * _SPEC_STEP_DB + _SPEC_LOW_DB) / 10.0), 0.0)
+
+
+class StoredEnergiesStream:
+    """`stored_energies` of a signal fed block by block (a file too long to hold), in bounded memory: the same
+    frames as of the whole signal at once."""
+
+    def __init__(self, sr: int, cfg: VectorConfig):
+        self.sr, self.cfg, self.hop = sr, cfg, spec_hop(sr, cfg)
+        self.rest = np.zeros(0, np.float32)  # samples from the next frame's start on
+        self.parts: list[np.ndarray] = []
+
+    def add(self, x: np.ndarray) -> None:
+        self.rest = np.concatenate([self.rest, x])
+        n = (len(self.rest) - N_FFT) // self.hop + 1 if len(self.rest) >= N_FFT else 0  # whole frames in it
+        if n > 0:
+            self.parts.append(stored_energies(self.rest[:(n - 1) * self.hop + N_FFT], self.sr, self.cfg))
+            self.rest = self.rest[n * self.hop:]
+
+    def result(self) -> np.ndarray:
+        if not self.parts:  # shorter than one frame: padded, as `band_energies` pads it
+            return stored_energies(self.rest, self.sr, self.cfg)
+        return np.concatenate(self.parts)
 
 
 def log_bands(energies: torch.Tensor, cfg: VectorConfig, decay_s: float = 0.0) -> np.ndarray:

@@ -15,7 +15,7 @@ class NotInIndex(Exception):
 
 def reconstruct(index: Index, track_id: int, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
     """Mono float32 `[T]` of seconds [start_s, end_s) of a stored track, decoded from its latents."""
-    start, end = _samples(index, track_id, start_s, end_s)
+    start, end = span_samples(index, track_id, start_s, end_s)
     return _decode(index, track_id, start, end)
 
 
@@ -34,7 +34,7 @@ class Spans:
         self.kept: dict[int, tuple[int, np.ndarray]] = {}  # track -> (its first sample, the samples)
 
     def __call__(self, track_id: int, start_s: float, end_s: float) -> np.ndarray:
-        start, end = _samples(self.index, track_id, start_s, end_s)
+        start, end = span_samples(self.index, track_id, start_s, end_s)
         first, y = self.kept.get(track_id, (start, np.zeros(0, np.float32)))
         last = first + len(y)
         if start > last or end < first:  # apart from what is kept: keep this instead
@@ -47,8 +47,9 @@ class Spans:
         return y[start - first:end - first]
 
 
-def _samples(index: Index, track_id: int, start_s: float, end_s: float | None) -> tuple[int, int]:
-    """Seconds [start_s, end_s) of a track (end None: its end) as samples, within the track."""
+def span_samples(index: Index, track_id: int, start_s: float, end_s: float | None) -> tuple[int, int]:
+    """Seconds [start_s, end_s) of a track (end None: its end) as samples, within the track; NotInIndex where it
+    is not stored."""
     samples = index.catalog.track_samples(track_id)
     if samples is None:
         raise NotInIndex(f"track {track_id} is not in the index")

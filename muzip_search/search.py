@@ -1,4 +1,5 @@
-"""Finding where a clip comes from: window votes by offset, then re-scoring of the best against decoded audio."""
+"""Finding where a clip comes from: window votes by offset, then re-scoring of the best against the tracks' stored
+band energies and their waveforms decoded from the stored latents."""
 import sqlite3
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -12,11 +13,11 @@ import torch
 from indexer.audio import AudioError, load
 from indexer.encode import encode_signal
 from indexer.index import Index
-from indexer.vectors import (VectorConfig, align, band_energies, band_spectrogram, centre, log_bands, split_id,
-                             window_id, window_starts, window_vectors)
+from indexer.vectors import (N_FFT, VectorConfig, align, band_energies, band_spectrogram, centre, energies_of,
+                             log_bands, spec_hop, split_id, window_id, window_starts, window_vectors)
 from models import compute_dtype
 
-from .reconstruct import NotInIndex, Spans
+from .reconstruct import NotInIndex, Spans, span_samples
 
 
 class ClipTooShort(Exception):
@@ -247,9 +248,22 @@ class Searcher:
     def _stretch(self, clip: _Clip, tid: int, start_s: float, end_s: float) -> np.ndarray | None:
         """The band spectrogram of seconds [start_s, end_s) of track `tid`; None where it is not in the index."""
         try:
-            return band_spectrogram(clip.tracks(tid, start_s, end_s), self.index.model.cfg.sample_rate, self.cfg)
+            return log_bands(self._energies(clip, tid, *span_samples(self.index, tid, start_s, end_s))[1], self.cfg)
         except NotInIndex:
             return None
+
+    def _energies(self, clip: _Clip, tid: int, start: int, end: int) -> tuple[int, torch.Tensor]:
+        """(the sample where the first begins, the band energies `[T, bands]` of the frames that lie within samples
+        [start, end) of track `tid`): those stored at indexing (`VectorConfig.stored_spec`), or else those of the
+        stretch decoded from its latents. NotInIndex where the track is not in the index."""
+        sr = self.index.model.cfg.sample_rate
+        if self.cfg.stored_spec:
+            hop = spec_hop(sr, self.cfg)
+            first = -(-start // hop)
+            stored = self.index.catalog.spectrogram(tid, first, max(first, (end - N_FFT) // hop + 1))
+            if stored is not None:
+                return first * hop, energies_of(stored)
+        return start, band_energies(clip.tracks(tid, start / sr, end / sr), sr, self.cfg)
 
     def _windows(self, x: np.ndarray, mean: np.ndarray, clip: _Clip | None = None) -> tuple[np.ndarray, np.ndarray]:
         """A clip's window vectors `[Q, D]`, centred on the collection's `mean`, and their starts in s `[Q]`.
@@ -497,7 +511,7 @@ class Searcher:
 
     def _rescore(self, clip: _Clip, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:
-        """Re-score a candidate against its span decoded from the stored latents.
+        """Re-score a candidate against its track's band energies (`_energies`) and its decoded waveform.
 
         The start: the best lag of band spectrograms within a hop of the vote's
         start, then of the waveforms within two spectrogram frames of that. The
@@ -519,33 +533,44 @@ class Searcher:
         skip, piece, q = self._job(clip, ("_middle", seconds))  # the middle of a long clip
         keep = len(piece)
         slack = cfg.hop_s
-        start = max(0.0, offset + skip / sr - slack)
         try:
-            seg = clip.tracks(tid, start, offset + (skip + keep) / sr + slack)
+            first, energies = self._energies(clip, tid, *span_samples(
+                self.index, tid, offset + skip / sr - slack, offset + (skip + keep) / sr + slack))
         except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
         samples = self.index.catalog.track_samples(tid) or 0
-        energies = band_energies(seg, sr, cfg)
         t = log_bands(energies, cfg)
         lag, spec = align(q, t, 0, len(t) - len(q))
         if lag < 0:
             return tid, offset, -1.0
-        hop = max(1, int(round(cfg.spec_hop_s * sr)))
+        hop = spec_hop(sr, cfg)
         mid, n = clip.waveform(keep, sr, cfg)
-        mid -= skip  # the waveform is compared on the middle of the piece
-        at, wave = align(piece[mid:mid + n, None], seg[:, None], lag * hop + mid - 2 * hop, lag * hop + mid + 2 * hop)
-        at = at - mid if at >= 0 else lag * hop
-        if cfg.exact_spec and wave > 0.5 and 0 <= at <= len(seg) - len(piece):
+        mid -= skip  # the waveform is compared on the middle of the piece; by the spectrograms, it lies at `near`
+        near = first + lag * hop + mid
+        lo = max(0, near - 2 * hop)
+        try:
+            seg = clip.tracks(tid, lo / sr, (near + 2 * hop + n) / sr)
+        except NotInIndex:
+            return tid, offset, -1.0
+        at, wave = align(piece[mid:mid + n, None], seg[:, None], near - 2 * hop - lo, near + 2 * hop - lo)
+        at = lo + at - mid if at >= 0 else near - mid  # the track's sample where the piece starts
+        if cfg.exact_spec and wave > 0.5 and 0 <= at <= samples - len(piece):
             # the spectrogram lag is whole frames (10 ms), so the two frame grids can sit up to half a frame
             # apart, which costs a clean copy up to 0.05 of correlation: a loop's repeat could then outscore it.
-            # Where the waveform found the start (this very recording), again there, on grids that coincide.
-            spec = max(spec, align(q, band_spectrogram(seg[at:at + len(piece)], sr, cfg), 0, 0)[1])
+            # Where the waveform found the start (this very recording), again there, the piece's frames moved
+            # onto the track's grid: from the track's first frame in the piece on, as far as both reach
+            k = max(0, -(-(at - first) // hop))
+            lead = first + k * hop - at
+            m = min(len(energies) - k, (len(piece) - lead - N_FFT) // hop + 1)
+            if m > 0:
+                moved = band_spectrogram(piece[lead:lead + (m - 1) * hop + N_FFT], sr, cfg)
+                spec = max(spec, align(moved, log_bands(energies[k:k + m], cfg), 0, 0)[1])
         elif cfg.room_decay_s > 0:
             # not this very recording: perhaps a room's, whose reverberation smears each sound out in time. The
             # track's spectrogram smeared the same way is compared too, and the better correlation counts
             spec = max(spec, align(q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(t) - len(q))[1])
         w = cfg.waveform_weight
-        begin = start + (at - skip) / sr
+        begin = (at - skip) / sr
         inside = (min(begin * sr + len(x), samples) - max(begin * sr, 0.0)) / len(x)
         return tid, begin, max(0.0, min(1.0, inside)) * (spec + w * max(wave, 0.0)) / (1 + w)
 

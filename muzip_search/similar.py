@@ -26,6 +26,7 @@ def index_stats(index: Index) -> dict:
         "windows": st["windows"],
         "latent_bytes": st["latent_bytes"],
         "vector_bytes": st["vector_bytes"],
+        "spectrogram_bytes": st["spectrogram_bytes"],
         "faiss_bytes": index.faiss_bytes(),
         "catalog_bytes": index.catalog.path.stat().st_size,
         "stored_kbps": round(st["latent_bytes"] * 8 / (hours * 3600) / 1000, 2) if hours else None,

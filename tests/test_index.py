@@ -34,8 +34,9 @@ def catalog_rows(index_dir: Path) -> list[tuple]:
                         "artist, album, genre, chunks from tracks order by id").fetchall()
     latents = db.execute("select track_id, chunks, samples, shape, data from latents order by track_id").fetchall()
     vectors = db.execute("select track_id, windows, dim, data, whole from vectors order by track_id").fetchall()
+    spectrograms = db.execute("select track_id, frames, bands, data from spectrograms order by track_id").fetchall()
     db.close()
-    return tracks + latents + vectors
+    return tracks + latents + vectors + spectrograms
 
 
 @pytest.fixture(scope="module")
@@ -225,8 +226,10 @@ def test_similar_and_stats(built):
     assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)
     assert s["latent_bytes"] == 12 * 7 * 45 * 177  # int8 latents, 7 chunks per 6-s song
-    assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes", "faiss_bytes",
-                       "catalog_bytes", "stored_kbps", "model", "model_checksum", "model_kbps", "faiss_index"]
+    # uint8 band energies, a frame every 10 ms: (264,600 - 2,048) // 441 + 1 frames of a 6-s song
+    assert s["spectrogram_bytes"] == 12 * 596 * 48
+    assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes",
+                       "spectrogram_bytes", "faiss_bytes", "catalog_bytes", "stored_kbps", "model", "model_checksum", "model_kbps", "faiss_index"]
 
 
 def test_faiss_files_are_rebuilt_from_sqlite(built, tmp_path):
@@ -427,6 +430,12 @@ def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
     assert r["indexed"] == 1
     db = sqlite3.connect(tmp_path / "index" / "catalog.db")
     assert db.execute("select seconds, chunks from tracks").fetchall() == [(5.0, 6)]
+    # its band energies, worked out block by block as it streamed through the encoder: those of the whole file
+    from indexer.audio import load
+    from indexer.vectors import VectorConfig, stored_energies
+    frames, data = db.execute("select frames, data from spectrograms").fetchone()
+    whole = stored_energies(load(music / "long.flac", SR), SR, VectorConfig())
+    np.testing.assert_array_equal(np.frombuffer(data, np.uint8).reshape(frames, 48), whole)
 
 
 def wait_for_tracks(db_path: Path, n: int, timeout: float = 120.0) -> None:
@@ -708,6 +717,24 @@ def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built
     assert searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
     assert searched == [before[1]] and searcher.ivf_threads == before[1]  # the process's own count
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
+
+
+def test_stored_band_energies_re_score_as_a_decoded_stretch_does(built):
+    import dataclasses
+
+    from indexer.augment import CONDITIONS
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    assert searcher.cfg.stored_spec
+    decoded = Searcher(searcher.index)  # as an index made before band energies were stored re-scores
+    decoded.cfg = dataclasses.replace(searcher.cfg, stored_spec=False)
+    for clip in (cut(4, 1.3, 3.0), CONDITIONS["room"](cut(7, 0.62, 3.0), SR, 0)):
+        a, = searcher.search(clip, top=1, min_score=0)
+        b, = decoded.search(clip, top=1, min_score=0)
+        # the track's own audio (stored) against its reconstruction, and a quarter of a dB at most in each energy
+        assert (a.track_id, abs(a.offset_s - b.offset_s) < 0.002, abs(a.score - b.score) < 0.01) == (b.track_id, True,
+                                                                                                      True)
 
 
 def test_a_room_recording_is_compared_with_the_track_smeared_as_a_room_smears_it(built):

@@ -101,12 +101,34 @@ def test_band_energies_sum_the_power_of_the_bins_in_each_band():
     np.testing.assert_allclose(got, expected, rtol=1e-4)
 
 
+def test_stored_energies_are_within_a_quarter_db_and_streamed_blocks_give_the_same():
+    from indexer.vectors import StoredEnergiesStream, band_energies, energies_of, stored_energies
+    sr, cfg = 44100, VectorConfig()
+    x = (np.random.default_rng(5).standard_normal(sr) * np.linspace(0.0, 0.5, sr) ** 2).astype(np.float32)
+    x[:2500] = 0.0  # digital silence: the first frame
+    exact = band_energies(x, sr, cfg).numpy()
+    codes = stored_energies(x, sr, cfg)
+    assert codes.dtype == np.uint8 and codes.shape == exact.shape == ((sr - 2048) // 441 + 1, 48)
+    back = energies_of(codes).numpy()
+    kept = codes > 0
+    assert (codes[0] == 0).all() and kept.mean() > 0.9
+    np.testing.assert_array_less(np.abs(10 * np.log10(back[kept] / exact[kept])), 0.2501)
+    assert (back[~kept] == 0).all() and (exact[~kept] < 10 ** -5.975).all()  # under -59.75 dB: read back as 0
+    stream = StoredEnergiesStream(sr, cfg)
+    for part in np.split(x, [1000, 1001, 5000, 30000]):  # blocks shorter and longer than a frame
+        stream.add(part)
+    np.testing.assert_array_equal(stream.result(), codes)
+    short = StoredEnergiesStream(sr, cfg)
+    short.add(x[-1000:])  # under one frame: padded, as a whole signal would be
+    np.testing.assert_array_equal(short.result(), stored_energies(x[-1000:], sr, cfg))
+
+
 def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     new = VectorConfig()
     assert VectorConfig.from_dict(new.to_dict()) == new
     added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0,
              "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "tie_score": 0.0,
-             "same_music": 0.0}  # their old behaviour
+             "same_music": 0.0, "stored_spec": False}  # their old behaviour
     old = {k: v for k, v in new.to_dict().items() if k not in added}
     assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
