@@ -130,14 +130,9 @@ class Catalog:
         nothing searched changes, so the generation stays."""
         if not moves:
             return
-        self.db.execute("begin immediate")
-        try:
+        with self._transaction():
             self.db.conn.executemany("update tracks set path = ?, mtime = ? where path = ?",
                                      [(new, m, old) for old, new, m in moves])
-            self.db.execute("commit")
-        except BaseException:
-            self.db.execute("rollback")
-            raise
 
     def _new_id(self, wanted: int | None) -> int:
         if wanted is not None and not self.db.execute("select 1 from tracks where id = ?", [wanted]).fetchone():
@@ -149,8 +144,7 @@ class Catalog:
     def write(self, rec: TrackRecord) -> int:
         """Insert or replace one file's rows in a single transaction; return its track id."""
         db = self.db
-        db.execute("begin immediate")
-        try:
+        with self._transaction():
             old = db.execute("select id from tracks where path = ?", [rec.path]).fetchone()
             if old:
                 self._delete_rows(old[0])
@@ -174,11 +168,20 @@ class Catalog:
                                                "bands": rec.spectrogram.shape[1],
                                                "data": np.ascontiguousarray(rec.spectrogram, np.uint8).tobytes()})
             self._bump([track_id])
-            db.execute("commit")
-        except BaseException:
-            db.execute("rollback")
-            raise
         return track_id
+
+    @contextmanager
+    def _transaction(self):
+        """A write transaction, committed whole at the block's end or rolled back whole. A Ctrl-C can land
+        between the commit and the block's end: the transaction is then committed, and not rolled back."""
+        self.db.execute("begin immediate")
+        try:
+            yield
+            self.db.execute("commit")
+        except BaseException:
+            if self.db.conn.in_transaction:
+                self.db.execute("rollback")
+            raise
 
     def _delete_rows(self, track_id: int) -> None:
         for table, key in (("latents", "track_id"), ("vectors", "track_id"), ("spectrograms", "track_id"),
@@ -187,17 +190,15 @@ class Catalog:
 
     def remove(self, track_ids: list[int]) -> int:
         """Delete tracks and everything stored for them; return how many existed."""
-        self.db.execute("begin immediate")
         gone = []
-        for tid in track_ids:
-            if self.db.execute("select 1 from tracks where id = ?", [tid]).fetchone():
-                self._delete_rows(tid)
-                gone.append(tid)
-        n = len(gone)
-        if n:
-            self._bump(gone)
-        self.db.execute("commit")
-        return n
+        with self._transaction():
+            for tid in track_ids:
+                if self.db.execute("select 1 from tracks where id = ?", [tid]).fetchone():
+                    self._delete_rows(tid)
+                    gone.append(tid)
+            if gone:
+                self._bump(gone)
+        return len(gone)
 
     def track(self, track_id: int) -> dict | None:
         rows = list(self.db.query("select * from tracks where id = ?", [track_id]))

@@ -482,6 +482,23 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     assert leftovers == ["mean-60.f32", "tracks-60.faiss", "windows-60.faiss"]  # one generation, no halves
 
 
+def test_a_ctrl_c_just_after_a_tracks_commit_keeps_it_and_stays_a_ctrl_c(tmp_path):
+    from indexer.catalog import Catalog, TrackRecord
+    catalog = Catalog(tmp_path / "catalog.db")
+    execute = catalog.db.execute
+
+    def commit_then_ctrl_c(sql, *args):
+        result = execute(sql, *args)
+        if sql == "commit":
+            raise KeyboardInterrupt  # where Python checks for a signal next: inside the transaction's block
+        return result
+    catalog.db.execute = commit_then_ctrl_c
+    with pytest.raises(KeyboardInterrupt):  # not a failed rollback of a transaction already committed
+        catalog.write(TrackRecord(path="a.mp3", size=1, mtime=2.0, hash="h", status="failed", reason="empty"))
+    catalog.db.execute = execute
+    assert catalog.known() == {"a.mp3": (1, 2.0, "failed", "h")} and not catalog.db.conn.in_transaction
+
+
 def test_ctrl_c_says_what_is_kept_and_a_rerun_finishes(untrained_default, tmp_path):
     music = tmp_path / "music"
     music.mkdir()
