@@ -250,8 +250,11 @@ def stored_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
 
 def energies_of(stored: np.ndarray) -> torch.Tensor:
     """Stored band energies (uint8 `[T, bands]`) -> energies `[T, bands]`, as `band_energies` gives them."""
-    codes = torch.from_numpy(stored.astype(np.float32))
-    return torch.where(codes > 0, 10.0 ** ((codes * _SPEC_STEP_DB + _SPEC_LOW_DB) / 10.0), 0.0)
+    return torch.from_numpy(_ENERGY_OF_CODE[stored])
+
+
+_ENERGY_OF_CODE = np.concatenate([[0.0], 10.0 ** ((np.arange(1, 256) * _SPEC_STEP_DB + _SPEC_LOW_DB) / 10.0)]
+                                 ).astype(np.float32)  # code -> energy
 
 
 class StoredEnergiesStream:
