@@ -216,9 +216,10 @@ class Catalog:
         return {r["id"]: r for r in self.db.query(f"select * from tracks where id in ({marks})", ids)}
 
     def latents(self, track_id: int, first: int = 0, last: int | None = None) -> tuple[np.ndarray, int] | None:
-        """int8 latents `[n, C, F]` of chunks `first` to `last` (exclusive) of a track, and its length in samples.
+        """int8 latents `[n, C, F]` of chunks `first` to `last` (exclusive) of a track, and its length in samples;
+        None where it is not stored.
 
-        Only those chunks are read from the database, so any second of a long track is cheap.
+        Only those chunks are read from the database (`_part`), so any second of a long track is cheap.
         """
         row = self.db.execute("select chunks, samples, shape from latents where track_id = ?", [track_id]).fetchone()
         if row is None:
@@ -230,8 +231,9 @@ class Catalog:
         if last <= first:
             return np.zeros((0, c, f), np.int8), samples
         size = c * f
-        blob = self.db.execute("select substr(data, ?, ?) from latents where track_id = ?",
-                               [first * size + 1, (last - first) * size, track_id]).fetchone()[0]
+        blob = self._part("latents", track_id, first * size, (last - first) * size)
+        if blob is None:  # removed since (a concurrent `remove`)
+            return None
         return np.frombuffer(blob, dtype=np.int8).reshape(last - first, c, f), samples
 
     def spectrogram(self, track_id: int, first: int = 0, last: int | None = None) -> np.ndarray | None:
@@ -248,9 +250,24 @@ class Catalog:
         last = frames if last is None else min(last, frames)
         if last <= first:
             return np.zeros((0, bands), np.uint8)
-        blob = self.db.execute("select substr(data, ?, ?) from spectrograms where track_id = ?",
-                               [first * bands + 1, (last - first) * bands, track_id]).fetchone()[0]
-        return np.frombuffer(blob, dtype=np.uint8).reshape(last - first, bands)
+        blob = self._part("spectrograms", track_id, first * bands, (last - first) * bands)
+        return None if blob is None else np.frombuffer(blob, dtype=np.uint8).reshape(last - first, bands)
+
+    def _part(self, table: str, track_id: int, offset: int, size: int) -> bytes | None:
+        """`size` bytes from byte `offset` of the `data` blob of a track's row in `table` (whose key is the
+        rowid); None where the row is gone. Only those bytes are read (SQLite's incremental blob I/O, Python
+        3.11 on): `substr` reads the whole blob first, 58 ms for 3 s of a 2-hour track's latents, against
+        0.06 ms for 3 s of a song's."""
+        if not hasattr(self.db.conn, "blobopen"):  # Python 3.10
+            row = self.db.execute(f"select substr(data, ?, ?) from {table} where track_id = ?",
+                                  [offset + 1, size, track_id]).fetchone()
+            return None if row is None else row[0]
+        try:
+            with self.db.conn.blobopen(table, "data", track_id, readonly=True) as blob:
+                blob.seek(offset)
+                return blob.read(size)
+        except sqlite3.OperationalError:  # no such row
+            return None
 
     def track_samples(self, track_id: int) -> int | None:
         """A stored track's length in samples at the model's rate; None if it is not stored."""

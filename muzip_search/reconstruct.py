@@ -62,7 +62,10 @@ def span_samples(index: Index, track_id: int, start_s: float, end_s: float | Non
 def _decode(index: Index, track_id: int, start: int, end: int, dtype: torch.dtype = torch.float32) -> np.ndarray:
     chunk = index.model.cfg.chunk
     first, last = start // chunk, -(-end // chunk)
-    z, _ = index.catalog.latents(track_id, first, last)
+    stored = index.catalog.latents(track_id, first, last)
+    if stored is None:  # removed since (a concurrent `remove`)
+        raise NotInIndex(f"track {track_id} is not in the index")
+    z, _ = stored
     return decode_span(index.model, torch.from_numpy(z.copy()), start - first * chunk, end - first * chunk,
                        dtype=dtype)
 

@@ -482,6 +482,25 @@ def test_kill_9_then_rerun_equals_an_uninterrupted_run(untrained_default, tmp_pa
     assert leftovers == ["mean-60.f32", "tracks-60.faiss", "windows-60.faiss"]  # one generation, no halves
 
 
+def test_a_stretch_of_a_long_track_reads_only_its_own_bytes_and_a_removed_track_none(tmp_path):
+    from indexer.catalog import Catalog, TrackRecord
+    catalog = Catalog(tmp_path / "catalog.db")
+    rng = np.random.default_rng(1)
+    latents = rng.integers(-127, 128, (600, 45, 177)).astype(np.int8)  # 10 minutes
+    spectrogram = rng.integers(0, 256, (600 * 100, 48)).astype(np.uint8)
+    tid = catalog.write(TrackRecord(path="long.mp3", size=1, mtime=0.0, hash="h", status="indexed", seconds=600.0,
+                                    latents=latents, samples=600 * SR, windows=np.zeros((2400, 128), np.float16),
+                                    whole=np.zeros(90, np.float32), spectrogram=spectrogram))
+    z, samples = catalog.latents(tid, 300, 303)
+    assert samples == 600 * SR and np.array_equal(z, latents[300:303])
+    assert np.array_equal(catalog.spectrogram(tid, 29_990, 30_240), spectrogram[29_990:30_240])
+    assert np.array_equal(catalog.spectrogram(tid, 59_990), spectrogram[59_990:])  # to its end
+    # read as another reader would be: the row gone between the two reads of a stretch
+    assert catalog._part("latents", tid + 1, 0, 10) is None
+    catalog.remove([tid])
+    assert catalog.latents(tid, 0, 1) is None and catalog.spectrogram(tid) is None
+
+
 def test_a_ctrl_c_just_after_a_tracks_commit_keeps_it_and_stays_a_ctrl_c(tmp_path):
     from indexer.catalog import Catalog, TrackRecord
     catalog = Catalog(tmp_path / "catalog.db")
