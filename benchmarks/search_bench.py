@@ -76,7 +76,7 @@ def add_decoys(index_dir: Path, k: int, device) -> dict:
     import soxr
 
     from indexer.audio import to_pcm16
-    from indexer.pipeline import Decoded, encode_stage, record, spectrogram_stage, write_stage
+    from indexer.pipeline import Decoded, encode_stage, record, write_stage
     from muzip_search.progress import bar
     index = Index.open(index_dir, device=device)
     sr = index.model.cfg.sample_rate
@@ -90,10 +90,9 @@ def add_decoys(index_dir: Path, k: int, device) -> dict:
             for r in speeds:
                 y = to_pcm16(soxr.resample(x, sr, sr / r))  # played at sr: r times as fast
                 items.append(Decoded(Path(f"{DECOY}{r:.3f}/{Path(row['path']).name}"), len(y) * 2, 0.0,
-                                     f"{DECOY}{r:.3f}-{row['id']}", sr, 1, len(y) / sr, audio=y,
-                                     spectrogram=spectrogram_stage(y, sr, index.vectors)))
+                                     f"{DECOY}{r:.3f}-{row['id']}", sr, 1, len(y) / sr, audio=y))
                 hours += len(y) / sr / 3600
-            for d, encoded in zip(items, encode_stage(index.model, items)):
+            for d, encoded in zip(items, encode_stage(index.model, items, spec=index.vectors)):
                 write_stage(index.catalog, record(d, encoded, index.model, index.vectors, None))
                 progress.update()
     added_s = time.perf_counter() - t0

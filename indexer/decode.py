@@ -7,7 +7,6 @@ from itertools import islice
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .audio import AudioError, load, to_pcm16
 
@@ -34,9 +33,7 @@ def parallel_map(fn: Callable, jobs: list, workers: int | None = None, ahead: in
         yield from map(fn, jobs)
         return
     todo = iter(jobs)
-    # torch in a worker on one thread: a forked child entering an OpenMP parallel region of the parent's pool hangs
-    # (the decode stage computes the band energies an index stores), and the workers are one per core already
-    with ProcessPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+    with ProcessPoolExecutor(workers) as pool:
         running = deque(pool.submit(fn, job) for job in islice(todo, ahead or 4 * workers))
         try:
             while running:

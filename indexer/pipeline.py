@@ -41,7 +41,7 @@ class Decoded:
     channels: int | None = None
     seconds: float | None = None
     audio: np.ndarray | None = None   # int16 mono at the model's rate; None if failed or streamed
-    spectrogram: np.ndarray | None = None  # its band energies as stored (`stored_energies`), where the index stores them
+    spectrogram: np.ndarray | None = None  # its band energies as the index stores them (`encode_stage` sets them)
     stream: bool = False              # too long to hold: the encode stage streams it from disk
     error: AudioError | None = None
     decode_s: float = 0.0             # CPU seconds the decode stage took (in its worker)
@@ -52,9 +52,8 @@ def file_hash(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
 
 
-def decode_stage(path: Path, sample_rate: int, min_seconds: float, spec: VectorConfig | None = None) -> Decoded:
-    """Decode one file to int16 mono at `sample_rate`, and with `spec` (an index's `VectorConfig` that stores
-    them), its band energies as stored; never raises for bad audio."""
+def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
+    """Decode one file to int16 mono at `sample_rate`; never raises for bad audio."""
     path = Path(path)
     t0 = time.process_time()
     try:
@@ -71,19 +70,19 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float, spec: VectorC
         x = load(path, sample_rate, min_seconds=min_seconds)
         d.seconds = len(x) / sample_rate
         d.audio = to_pcm16(x)
-        d.spectrogram = spectrogram_stage(d.audio, sample_rate, spec)
     except AudioError as err:
         d.error = err
     d.decode_s = time.process_time() - t0
     return d
 
 
-def spectrogram_stage(audio: np.ndarray, sample_rate: int, spec: VectorConfig | None) -> np.ndarray | None:
-    """The band energies an index stores (`stored_energies`) of int16 mono `audio`, the samples the encoder gets;
-    None where `spec` (the index's `VectorConfig`) does not store them."""
+def spectrogram_stage(audio: np.ndarray, sample_rate: int, spec: VectorConfig | None,
+                      device: torch.device | None = None) -> np.ndarray | None:
+    """The band energies an index stores (`stored_energies`, computed on `device`) of int16 mono `audio`, the
+    samples the encoder gets; None where `spec` (the index's `VectorConfig`) does not store them."""
     if spec is None or not spec.stored_spec:
         return None
-    return stored_energies(pcm16_to_float(audio), sample_rate, spec)
+    return stored_energies(pcm16_to_float(audio), sample_rate, spec, device)
 
 
 def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
@@ -91,10 +90,13 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
     """Latents `[N, C, F]` (int8) and sample count for each decoded item, one batched encoder pass, computed in
     `compute_dtype(model)` (bfloat16 on a CPU with AMX).
 
-    Streamed (long) files are encoded block by block from disk, and with `spec` (as `decode_stage`'s), their band
-    energies worked out in the same pass; failed ones give None.
+    With `spec`, the index's `VectorConfig`, each item's band energies as the index stores them go in its
+    `spectrogram` (`spectrogram_stage`), computed on the model's device too: on a GPU, the CPU's cores are left
+    to decoding. Streamed (long) files are encoded block by block from disk, their band energies worked out in
+    the same pass; failed ones give None.
     """
     cfg, dtype = model.cfg, compute_dtype(model)
+    device = next(model.parameters()).device
     out: list = [None] * len(items)
     rows, spans, start = [], [], 0
     for i, d in enumerate(items):
@@ -102,7 +104,8 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
             continue
         if d.stream:
             try:
-                energies = StoredEnergiesStream(cfg.sample_rate, spec) if spec is not None and spec.stored_spec else None
+                stored = spec is not None and spec.stored_spec
+                energies = StoredEnergiesStream(cfg.sample_rate, spec, device) if stored else None
                 z, n = encode_file(model, d.path, batch, dtype, energies)
                 out[i] = (z.numpy(), n)
                 d.spectrogram = None if energies is None else energies.result()
@@ -110,6 +113,7 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
             except AudioError as err:
                 d.error = err
             continue
+        d.spectrogram = spectrogram_stage(d.audio, cfg.sample_rate, spec, device)
         c = cut_chunks(pcm16_to_float(d.audio), cfg.chunk)
         spans.append((i, start, len(c), len(d.audio)))
         rows.append(c)
@@ -168,10 +172,10 @@ def write_stage(catalog: Catalog, rec: TrackRecord) -> int:
 
 
 def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int,
-                   ahead: int | None = None, spec: VectorConfig | None = None) -> Iterator[Decoded]:
+                   ahead: int | None = None) -> Iterator[Decoded]:
     """The decode stage over many files, in order, in `workers` processes, at most `ahead` files (default: 4 per
     worker) decoded or decoding past the one taken."""
-    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds, spec) for p in paths], workers, ahead)
+    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds) for p in paths], workers, ahead)
 
 
 def _decode_args(a):
@@ -217,8 +221,7 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         pending.clear()
 
     # two batches ahead: the workers decode the next while the encoder works on one
-    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers),
-                            cfg):
+    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers)):
         pending.append(d)
         if len(pending) >= batch_files:
             flush()

@@ -223,15 +223,16 @@ def spec_hop(sr: int, cfg: VectorConfig) -> int:
     return max(1, int(round(cfg.spec_hop_s * sr)))
 
 
-def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> torch.Tensor:
-    """Energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`."""
+def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig, device: torch.device | None = None) -> torch.Tensor:
+    """Energy `[T, bands]` in log-spaced bands from 150 Hz to 4 kHz, one frame every `spec_hop_s`, computed on
+    `device` (default: the CPU) and returned there."""
     if len(x) < N_FFT:
         x = np.pad(x, (0, N_FFT - len(x)))
-    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)), N_FFT, spec_hop(sr, cfg),
-                      window=_hann(N_FFT), center=False, return_complex=True)  # [bins, T]
+    spec = torch.stft(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(device), N_FFT,
+                      spec_hop(sr, cfg), window=_hann(N_FFT).to(device), center=False, return_complex=True)
     rows, m = _band_matrix(sr, N_FFT, cfg.spec_bands)
-    spec = spec[rows]
-    return (spec.real ** 2 + spec.imag ** 2).T @ m
+    spec = spec[rows]  # [bins, T]
+    return (spec.real ** 2 + spec.imag ** 2).T @ m.to(device)
 
 
 # band energies as an index stores them (`VectorConfig.stored_spec`): one byte each, in steps of _SPEC_STEP_DB from
@@ -239,13 +240,13 @@ def band_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> torch.Tensor:
 _SPEC_LOW_DB, _SPEC_STEP_DB = -60.0, 0.5
 
 
-def stored_energies(x: np.ndarray, sr: int, cfg: VectorConfig) -> np.ndarray:
+def stored_energies(x: np.ndarray, sr: int, cfg: VectorConfig, device: torch.device | None = None) -> np.ndarray:
     """`band_energies` of a whole signal as the index stores them: uint8 `[T, bands]`, each within a quarter of a
     dB of its value (or 0 where it is under -60 dB). The log spectrograms re-scoring correlates, whose values
     spread over tens of dB, then correlate with the exact ones at 0.9992 or more (2-s stretches of held-out music,
     BENCHMARKS.md)."""
-    db = 10.0 * torch.log10(band_energies(x, sr, cfg) + 1e-30)
-    return torch.clamp(torch.round((db - _SPEC_LOW_DB) / _SPEC_STEP_DB), 0, 255).to(torch.uint8).numpy()
+    db = 10.0 * torch.log10(band_energies(x, sr, cfg, device) + 1e-30)  # (computed on `device`)
+    return torch.clamp(torch.round((db - _SPEC_LOW_DB) / _SPEC_STEP_DB), 0, 255).to(torch.uint8).cpu().numpy()
 
 
 def energies_of(stored: np.ndarray) -> torch.Tensor:
@@ -261,8 +262,8 @@ class StoredEnergiesStream:
     """`stored_energies` of a signal fed block by block (a file too long to hold), in bounded memory: the same
     frames as of the whole signal at once."""
 
-    def __init__(self, sr: int, cfg: VectorConfig):
-        self.sr, self.cfg, self.hop = sr, cfg, spec_hop(sr, cfg)
+    def __init__(self, sr: int, cfg: VectorConfig, device: torch.device | None = None):
+        self.sr, self.cfg, self.hop, self.device = sr, cfg, spec_hop(sr, cfg), device
         self.rest = np.zeros(0, np.float32)  # samples from the next frame's start on
         self.parts: list[np.ndarray] = []
 
@@ -270,12 +271,12 @@ class StoredEnergiesStream:
         self.rest = np.concatenate([self.rest, x])
         n = (len(self.rest) - N_FFT) // self.hop + 1 if len(self.rest) >= N_FFT else 0  # whole frames in it
         if n > 0:
-            self.parts.append(stored_energies(self.rest[:(n - 1) * self.hop + N_FFT], self.sr, self.cfg))
+            self.parts.append(stored_energies(self.rest[:(n - 1) * self.hop + N_FFT], self.sr, self.cfg, self.device))
             self.rest = self.rest[n * self.hop:]
 
     def result(self) -> np.ndarray:
         if not self.parts:  # shorter than one frame: padded, as `band_energies` pads it
-            return stored_energies(self.rest, self.sr, self.cfg)
+            return stored_energies(self.rest, self.sr, self.cfg, self.device)
         return np.concatenate(self.parts)
 
 

@@ -53,10 +53,17 @@ def test_index_and_query_on_cuda_agree_with_the_cpu(songs_dir, untrained_default
         db = sqlite3.connect(index_dir / "catalog.db")
         rows[device] = db.execute("select track_id, chunks, samples, shape, data from latents "
                                   "order by track_id").fetchall()
+        rows[device + " spectrograms"] = db.execute("select track_id, frames, bands, data from spectrograms "
+                                                    "order by track_id").fetchall()
     assert [r[:4] for r in rows["cuda"]] == [r[:4] for r in rows["cpu"]] and len(rows["cpu"]) == 12
     steps = np.abs(np.concatenate([np.frombuffer(g[4], np.int8).astype(int) - np.frombuffer(c[4], np.int8)
                                    for g, c in zip(rows["cuda"], rows["cpu"])]))
     assert steps.max() <= 1 and steps.mean() < 5e-3  # the stored latents, as in the first test
+    gpu, cpu = rows["cuda spectrograms"], rows["cpu spectrograms"]  # band energies computed on the GPU too
+    assert [r[:3] for r in gpu] == [r[:3] for r in cpu] and len(cpu) == 12
+    steps = np.abs(np.concatenate([np.frombuffer(g[3], np.uint8).astype(int) - np.frombuffer(c[3], np.uint8)
+                                   for g, c in zip(gpu, cpu)]))
+    assert steps.max() <= 1 and steps.mean() < 5e-3  # 0.5-dB steps: cuFFT's rounding moves a few across one
 
     clip = tmp_path / "clip.wav"
     sf.write(clip, song(SONG_SECONDS, seed=5)[int(1.37 * 44100):int(4.37 * 44100)], 44100)

@@ -229,7 +229,8 @@ def test_similar_and_stats(built):
     # uint8 band energies, a frame every 10 ms: (264,600 - 2,048) // 441 + 1 frames of a 6-s song
     assert s["spectrogram_bytes"] == 12 * 596 * 48
     assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes",
-                       "spectrogram_bytes", "faiss_bytes", "catalog_bytes", "stored_kbps", "model", "model_checksum", "model_kbps", "faiss_index"]
+                       "spectrogram_bytes", "faiss_bytes", "catalog_bytes", "stored_kbps", "model", "model_checksum",
+                       "model_kbps", "faiss_index"]
 
 
 def test_faiss_files_are_rebuilt_from_sqlite(built, tmp_path):
