@@ -76,27 +76,19 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
     return d
 
 
-def spectrogram_stage(audio: np.ndarray, sample_rate: int, spec: VectorConfig | None,
-                      device: torch.device | None = None) -> np.ndarray | None:
-    """The band energies an index stores (`stored_energies`, computed on `device`) of int16 mono `audio`, the
-    samples the encoder gets; None where `spec` (the index's `VectorConfig`) does not store them."""
-    if spec is None or not spec.stored_spec:
-        return None
-    return stored_energies(pcm16_to_float(audio), sample_rate, spec, device)
-
-
 def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
                  spec: VectorConfig | None = None) -> list[tuple[np.ndarray, int] | None]:
     """Latents `[N, C, F]` (int8) and sample count for each decoded item, one batched encoder pass, computed in
     `compute_dtype(model)` (bfloat16 on a CPU with AMX).
 
     With `spec`, the index's `VectorConfig`, each item's band energies as the index stores them go in its
-    `spectrogram` (`spectrogram_stage`), computed on the model's device too: on a GPU, the CPU's cores are left
-    to decoding. Streamed (long) files are encoded block by block from disk, their band energies worked out in
-    the same pass; failed ones give None.
+    `spectrogram` (`stored_energies` of the samples the encoder gets), computed on the model's device too: on a
+    GPU, the CPU's cores are left to decoding. Streamed (long) files are encoded block by block from disk, their
+    band energies worked out in the same pass; failed ones give None.
     """
     cfg, dtype = model.cfg, compute_dtype(model)
     device = next(model.parameters()).device
+    stored = spec is not None and spec.stored_spec
     out: list = [None] * len(items)
     rows, spans, start = [], [], 0
     for i, d in enumerate(items):
@@ -104,7 +96,6 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
             continue
         if d.stream:
             try:
-                stored = spec is not None and spec.stored_spec
                 energies = StoredEnergiesStream(cfg.sample_rate, spec, device) if stored else None
                 z, n = encode_file(model, d.path, batch, dtype, energies)
                 out[i] = (z.numpy(), n)
@@ -113,8 +104,10 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
             except AudioError as err:
                 d.error = err
             continue
-        d.spectrogram = spectrogram_stage(d.audio, cfg.sample_rate, spec, device)
-        c = cut_chunks(pcm16_to_float(d.audio), cfg.chunk)
+        x = pcm16_to_float(d.audio)
+        if stored:
+            d.spectrogram = stored_energies(x, cfg.sample_rate, spec, device)
+        c = cut_chunks(x, cfg.chunk)
         spans.append((i, start, len(c), len(d.audio)))
         rows.append(c)
         start += len(c)

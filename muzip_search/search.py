@@ -253,9 +253,9 @@ class Searcher:
             return None
 
     def _energies(self, clip: _Clip, tid: int, start: int, end: int) -> tuple[int, torch.Tensor]:
-        """(the sample where the first begins, the band energies `[T, bands]` of the frames that lie within samples
-        [start, end) of track `tid`): those stored at indexing (`VectorConfig.stored_spec`), or else those of the
-        stretch decoded from its latents. NotInIndex where the track is not in the index."""
+        """(the sample where the first frame begins, the band energies `[T, bands]` of the frames that lie within
+        samples [start, end) of track `tid`): those stored at indexing (`VectorConfig.stored_spec`), or else those of
+        the stretch decoded from its latents. NotInIndex where the track is not in the index."""
         sr = self.index.model.cfg.sample_rate
         if self.cfg.stored_spec:
             hop = spec_hop(sr, self.cfg)
