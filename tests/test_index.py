@@ -32,9 +32,11 @@ def catalog_rows(index_dir: Path) -> list[tuple]:
     db = sqlite3.connect(index_dir / "catalog.db")
     tracks = db.execute("select id, path, size, mtime, hash, status, reason, seconds, sample_rate, channels, title, "
                         "artist, album, genre, chunks from tracks order by id").fetchall()
-    latents = db.execute("select track_id, chunks, samples, shape, data from latents order by track_id").fetchall()
+    latents = db.execute("select track_id, chunks, samples, shape, data, block from latents order by track_id"
+                         ).fetchall()
     vectors = db.execute("select track_id, windows, dim, data, whole from vectors order by track_id").fetchall()
-    spectrograms = db.execute("select track_id, frames, bands, data from spectrograms order by track_id").fetchall()
+    spectrograms = db.execute("select track_id, frames, bands, data, block from spectrograms order by track_id"
+                              ).fetchall()
     db.close()
     return tracks + latents + vectors + spectrograms
 
@@ -225,9 +227,18 @@ def test_similar_and_stats(built):
     s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
     assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)
-    assert s["latent_bytes"] == 12 * 7 * 45 * 177  # int8 latents, 7 chunks per 6-s song
-    # uint8 band energies, a frame every 10 ms: (264,600 - 2,048) // 441 + 1 frames of a 6-s song
-    assert s["spectrogram_bytes"] == 12 * 596 * 48
+    # the bytes stored: int8 latents `[7, 45, 177]` per 6-s song (7 chunks), and uint8 band energies `[596, 48]` (a
+    # frame every 10 ms: (264,600 - 2,048) // 441 + 1 frames), each packed as the catalog packs them
+    from indexer.catalog import PACKING, Catalog
+    from indexer.packing import pack
+    catalog = Catalog(index_dir / "catalog.db", readonly=True)
+    ids = [r[0] for r in catalog.db.execute("select id from tracks order by id")]
+    assert [catalog.latents(t)[0].shape for t in ids] == [(7, 45, 177)] * 12
+    assert [catalog.spectrogram(t).shape for t in ids] == [(596, 48)] * 12
+    packed = {"latents": [catalog.latents(t)[0] for t in ids], "spectrograms": [catalog.spectrogram(t) for t in ids]}
+    packed = {k: sum(len(pack(a, *PACKING[k])) for a in v) for k, v in packed.items()}
+    assert s["latent_bytes"] == packed["latents"] < 12 * 7 * 45 * 177
+    assert s["spectrogram_bytes"] == packed["spectrograms"] < 12 * 596 * 48
     assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes",
                        "spectrogram_bytes", "faiss_bytes", "catalog_bytes", "stored_kbps", "model", "model_checksum",
                        "model_kbps", "faiss_index"]
@@ -434,9 +445,11 @@ def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
     # its band energies, worked out block by block as it streamed through the encoder: those of the whole file
     from indexer.audio import load
     from indexer.vectors import VectorConfig, stored_energies
-    frames, data = db.execute("select frames, data from spectrograms").fetchone()
+    from indexer.catalog import Catalog
+    stored = Catalog(tmp_path / "index" / "catalog.db", readonly=True).spectrogram(
+        db.execute("select id from tracks").fetchone()[0])
     whole = stored_energies(load(music / "long.flac", SR), SR, VectorConfig())
-    np.testing.assert_array_equal(np.frombuffer(data, np.uint8).reshape(frames, 48), whole)
+    np.testing.assert_array_equal(stored, whole)
 
 
 def wait_for_tracks(db_path: Path, n: int, timeout: float = 120.0) -> None:
@@ -497,9 +510,66 @@ def test_a_stretch_of_a_long_track_reads_only_its_own_bytes_and_a_removed_track_
     assert np.array_equal(catalog.spectrogram(tid, 29_990, 30_240), spectrogram[29_990:30_240])
     assert np.array_equal(catalog.spectrogram(tid, 59_990), spectrogram[59_990:])  # to its end
     # read as another reader would be: the row gone between the two reads of a stretch
-    assert catalog._part("latents", tid + 1, 0, 10) is None
+    assert catalog._rows("latents", tid + 1, 0, 1, (45, 177), np.int8, 1) is None
     catalog.remove([tid])
     assert catalog.latents(tid, 0, 1) is None and catalog.spectrogram(tid) is None
+
+
+def test_packed_arrays_read_back_whole_and_in_any_stretch():
+    from indexer.packing import block_range, offsets_at, pack, unpack
+    rng = np.random.default_rng(2)
+    latents = rng.integers(-128, 128, (7, 3, 4)).astype(np.int8)
+    frames = rng.integers(0, 256, (11, 5)).astype(np.uint8)  # differences wrap around below 0 and above 255
+    for a, block, delta in ((latents, 2, False), (frames, 3, True), (latents[:0], 2, False)):
+        blob = pack(a, block, delta)
+        for first in range(len(a)):
+            for last in range(first + 1, len(a) + 1):
+                b0, b1 = block_range(first, last, block)
+                at, size = offsets_at(b0, b1)
+                offsets = blob[at:at + size]
+                start, end = np.frombuffer(offsets, "<u4")[[0, -1]]
+                rows = unpack(offsets, blob[start:end], a.dtype, a.shape[1:], delta)
+                np.testing.assert_array_equal(rows[first - b0 * block:last - b0 * block], a[first:last])
+    assert len(pack(np.zeros((100, 45, 177), np.int8), 1)) < 100 * 45 * 177 / 50  # silence packs to almost nothing
+    with pytest.raises(ValueError):  # bytes that are not the blocks the offsets say (a row replaced meanwhile)
+        unpack(pack(frames, 3)[:8], b"not blocks", np.uint8, (5,))
+
+
+def test_a_catalog_made_before_arrays_were_packed_reads_and_writes_them_raw(tmp_path):
+    from indexer.catalog import Catalog, TrackRecord
+    rng = np.random.default_rng(3)
+
+    def record(name):
+        return TrackRecord(path=name, size=1, mtime=0.0, hash=name, status="indexed", seconds=3.0,
+                           latents=rng.integers(-128, 128, (3, 45, 177)).astype(np.int8), samples=3 * SR,
+                           windows=np.zeros((12, 128), np.float16), whole=np.zeros(90, np.float32),
+                           spectrogram=rng.integers(0, 256, (296, 48)).astype(np.uint8))
+    old = record("old.mp3")
+    catalog = Catalog(tmp_path / "catalog.db")
+    assert catalog.db.execute("select block from latents").fetchall() == []  # made now: packed
+    tid = catalog.write(old)
+    assert catalog.db.execute("select block from latents union all select block from spectrograms").fetchall() == [
+        (1,), (100,)]
+    catalog.db.execute("update latents set data = ?", [old.latents.tobytes()])  # as a catalog made before holds it
+    catalog.db.execute("update spectrograms set data = ?", [old.spectrogram.tobytes()])
+    for table in ("latents", "spectrograms"):
+        catalog.db.execute(f"alter table {table} drop column block")
+    catalog.close()
+
+    before = Catalog(tmp_path / "catalog.db", readonly=True)  # opened as it is
+    assert np.array_equal(before.latents(tid, 1, 3)[0], old.latents[1:3])
+    assert np.array_equal(before.spectrogram(tid, 40, 140), old.spectrogram[40:140])
+    catalog = Catalog(tmp_path / "catalog.db")  # a writer keeps it as it is: new rows raw too
+    new = record("new.mp3")
+    tid2 = catalog.write(new)
+    assert catalog.db.execute("select length(data) from latents union all select length(data) from spectrograms"
+                              ).fetchall() == [(old.latents.nbytes,), (new.latents.nbytes,),
+                                               (old.spectrogram.nbytes,), (new.spectrogram.nbytes,)]
+    for t, r in ((tid, old), (tid2, new)):
+        assert np.array_equal(catalog.latents(t)[0], r.latents)
+        assert np.array_equal(catalog.latents(t, 2)[0], r.latents[2:])
+        assert np.array_equal(catalog.spectrogram(t), r.spectrogram)
+        assert np.array_equal(catalog.spectrogram(t, 49, 101), r.spectrogram[49:101])
 
 
 def test_a_ctrl_c_just_after_a_tracks_commit_keeps_it_and_stays_a_ctrl_c(tmp_path):
