@@ -137,7 +137,8 @@ def evaluate(
     plot: Annotated[Path | None, typer.Option(help="PNG: the first track against each reconstruction.")] = None,
     json_out: Json = False,
 ):
-    """The paper's table for each model: MSE, MAE, R2, SNR, stored kbps, ms per 30-s track.
+    """The paper's table for each model: MSE, MAE, R2, SNR, kbps, ms per 30-s track, and the kbps an index
+    stores int8 latents at (each second's zstd-compressed).
 
     Example:  muzip-search evaluate heldout/ --checkpoint m3.pt --checkpoint default.pt --plot recon.png
     """
@@ -157,10 +158,10 @@ def evaluate(
         print_json([asdict(r) for r in rows])
     else:
         typer.echo(f"{'model':<28} {'tracks':>6} {'MSE':>8} {'MAE':>8} {'R2':>7} {'SNR dB':>7} "
-                   f"{'kbps':>7} {'ms/30 s':>8}")
+                   f"{'kbps':>7} {'ms/30 s':>8} {'index kbps':>10}")
         for r in rows:
             typer.echo(f"{r.model:<28} {r.tracks:>6} {r.mse:>8.5f} {r.mae:>8.4f} {r.r2:>7.4f} {r.snr_db:>7.2f} "
-                       f"{r.kbps:>7.1f} {r.duration_ms:>8.2f}")
+                       f"{r.kbps:>7.1f} {r.duration_ms:>8.2f} {'-' if r.index_kbps is None else r.index_kbps:>10}")
     if plot is not None:
         track = next(p for p in find_audio(directory) if str(p) not in failed)
         try:

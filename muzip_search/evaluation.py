@@ -1,4 +1,5 @@
-"""`evaluate`: the paper's table (MSE, MAE, R2, duration) plus SNR and stored kbps."""
+"""`evaluate`: the paper's table (MSE, MAE, R2, duration) plus SNR, the codec's kbps and the kbps an index
+stores its latents at."""
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,7 +11,9 @@ from indexer.audio import AudioError
 from indexer.collection import find_audio
 from indexer.audio import pcm16_to_float
 from indexer.decode import decode_files
+from indexer.catalog import PACKING
 from indexer.encode import decode_latents, encode_signal
+from indexer.packing import pack
 from models import Codec, load_codec, reconstruction_metrics
 
 from .device import pick_device
@@ -29,16 +32,18 @@ class EvalRow:
     snr_db: float
     kbps: float
     duration_ms: float
+    index_kbps: float | None = None  # its int8 latents as an index stores them (zstd blocks); None: not int8
 
 
-def roundtrip(model: Codec, x: np.ndarray) -> tuple[np.ndarray, float]:
-    """Encode and decode mono `[T]`; return the reconstruction `[T]` and the seconds it took."""
+def roundtrip(model: Codec, x: np.ndarray) -> tuple[np.ndarray, float, torch.Tensor]:
+    """Encode and decode mono `[T]`; return the reconstruction `[T]`, the seconds it took, and the latents."""
     device = next(model.parameters()).device
     t0 = time.perf_counter()
-    y = decode_latents(model, encode_signal(model, x), len(x))
+    z = encode_signal(model, x)
+    y = decode_latents(model, z, len(x))
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return y, time.perf_counter() - t0
+    return y, time.perf_counter() - t0, z
 
 
 def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", workers: int | None = None,
@@ -46,7 +51,8 @@ def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", worke
     """One table row per checkpoint over every audio file under `root`.
 
     Metrics are per track on [-1, 1] samples (the paper's x10 undone), then
-    averaged over tracks; duration is encode + decode time per 30 s of audio.
+    averaged over tracks; duration is encode + decode time per 30 s of audio;
+    `index_kbps`, of int8 latents, their bits as an index stores them over all the tracks' seconds.
     Returns the rows and the files that failed to decode (path -> reason).
     """
     dev = pick_device(device)
@@ -54,6 +60,7 @@ def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", worke
     rates = {m.cfg.sample_rate for m in models}
     paths = find_audio(root)
     per_model: list[list[dict]] = [[] for _ in models]
+    packed = [0 if m.cfg.latent_bits == 8 else None for m in models]  # bytes of latents as an index stores them
     failed: dict[str, str] = {}
     for rate in rates:
         bar = progress_bar(len(paths), f"evaluate @ {rate} Hz", "track", progress)
@@ -69,17 +76,22 @@ def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", worke
             for i, m in enumerate(models):
                 if m.cfg.sample_rate != rate:
                     continue
-                y, seconds = roundtrip(m, x)
+                y, seconds, z = roundtrip(m, x)
                 row = reconstruction_metrics(x, y)
                 row["duration_ms"] = 1000.0 * seconds * TRACK_SECONDS * rate / len(x)
+                row["seconds"] = len(x) / rate
+                if packed[i] is not None:
+                    packed[i] += len(pack(z.cpu().numpy(), *PACKING["latents"]))
                 per_model[i].append(row)
         bar.close()
     rows = []
-    for m, ckpt, track_rows in zip(models, checkpoints, per_model):
+    for m, ckpt, track_rows, size in zip(models, checkpoints, per_model, packed):
         mean = {k: float(np.mean([r[k] for r in track_rows])) if track_rows else float("nan")
                 for k in ("mse", "mae", "r2", "snr_db", "duration_ms")}
+        seconds = sum(r["seconds"] for r in track_rows)
+        index_kbps = round(8 * size / seconds / 1000, 1) if size is not None and seconds else None
         rows.append(EvalRow(model=f"{m.cfg.name} ({Path(ckpt).name})", tracks=len(track_rows),
-                            kbps=round(m.cfg.kbps, 1), **mean))
+                            kbps=round(m.cfg.kbps, 1), **mean, index_kbps=index_kbps))
     return rows, failed
 
 
@@ -107,7 +119,7 @@ def plot_reconstruction(path: Path, checkpoints: list[Path], out: Path, *, devic
     for i, m in enumerate(models):
         sr = m.cfg.sample_rate
         x = load(path, sr)
-        y, _ = roundtrip(m, x)
+        y, _, _ = roundtrip(m, x)
         r2 = reconstruction_metrics(x, y)["r2"]
         mid, span = len(x) // 2, int(0.02 * sr)  # 20 ms in the middle: sample-level detail
         t = np.arange(span) / sr * 1000
