@@ -20,7 +20,7 @@ from models import Codec, compute_dtype
 
 from .audio import AudioError, info, load, pcm16_to_float, to_pcm16
 from .audio import chunks as cut_chunks
-from .catalog import Catalog, TrackRecord
+from .catalog import Catalog, TrackRecord, pack_record
 from .decode import parallel_map
 from .encode import encode_chunks, encode_file
 from .metadata import fma_id
@@ -128,7 +128,8 @@ def pool_stage(model: Codec, latents: np.ndarray, samples: int, cfg: VectorConfi
 
 def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg: VectorConfig,
            meta: dict | None) -> TrackRecord:
-    """The catalog record of one file (pooling its latents when it was encoded)."""
+    """The catalog record of one file (pooling its latents when it was encoded, and packing what the catalog
+    stores packed)."""
     m = meta or {}
     rec = TrackRecord(path=str(d.path), size=d.size, mtime=d.mtime, hash=d.hash, status="failed",
                       sample_rate=d.sample_rate, channels=d.channels, seconds=d.seconds,
@@ -142,6 +143,7 @@ def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg
         return rec
     rec.windows, rec.whole = pool_stage(model, latents, samples, cfg)
     rec.status, rec.latents, rec.samples, rec.spectrogram = "indexed", latents, samples, d.spectrogram
+    pack_record(rec)  # here, not in the single writer
     return rec
 
 

@@ -64,6 +64,55 @@ def test_index_reports_and_catalogs_every_song(built, songs_dir):
          *[n for n in ("catalog.db-wal", "catalog.db-shm") if (index_dir / n).exists()]])
 
 
+_MODEL = None
+
+
+def _load_model(checkpoint: Path) -> None:
+    """A worker's model, loaded once (as a Ray actor holds one)."""
+    global _MODEL
+    from models import load_codec
+    _MODEL = load_codec(checkpoint, "cpu")
+
+
+def _encode_pool_pack(items: list, cfg, meta: dict) -> list:
+    """The encode and pool stages over a batch of decoded files, in a worker: their catalog records, packed."""
+    from indexer.metadata import fma_id
+    from indexer.pipeline import encode_stage, record
+    encoded = encode_stage(_MODEL, items, spec=cfg)
+    return [record(d, e, _MODEL, cfg, meta.get(fma_id(d.path))) for d, e in zip(items, encoded)]
+
+
+def test_the_stages_compose_as_a_cluster_runner_maps_them(built, songs_dir, untrained_default, tmp_path):
+    """Decoding mapped over files in one pool of processes, encoding, pooling and packing over batches in
+    another whose workers hold the model, and the single writer here: the catalog of `index`, row for row."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from functools import partial
+    from indexer.collection import find_audio
+    from indexer.index import Index
+    from indexer.metadata import find_tracks_csv, read_tracks_csv
+    from indexer.pipeline import decode_stage, write_stage
+    root = songs_dir / "fma_small"
+    paths = find_audio(root)
+    meta = read_tracks_csv(find_tracks_csv(root))
+    index = Index.open(tmp_path / "cluster", checkpoint=untrained_default, create=True)
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(2, spawn) as decoders, ProcessPoolExecutor(
+            1, spawn, initializer=_load_model, initargs=(untrained_default,)) as encoders:
+        decoded = list(decoders.map(partial(decode_stage, sample_rate=SR, min_seconds=1.0), paths))
+        batches = [decoded[i:i + 8] for i in range(0, len(decoded), 8)]  # as `index` batches them
+        for records in encoders.map(partial(_encode_pool_pack, cfg=index.vectors, meta=meta), batches):
+            for rec in records:
+                assert rec.packed  # packed in the worker: the writer only inserts
+                write_stage(index.catalog, rec)
+    index.save_faiss()
+    index.close()
+    assert catalog_rows(tmp_path / "cluster") == catalog_rows(built[0])
+    sf.write(tmp_path / "q.wav", cut(5, 1.3, 2.0), SR)
+    found = json.loads(cli("query", tmp_path / "q.wav", "--index", tmp_path / "cluster", "--json", "--top", "1").stdout)
+    assert [(m["track_id"], round(m["offset_s"], 1)) for m in found["matches"]] == [(5, 1.3)]
+
+
 def cut(track: int, start: float, seconds: float, noise_db: float | None = None, seed: int = 0) -> np.ndarray:
     x = song(SONG_SECONDS, seed=track - 2)[int(start * SR):int((start + seconds) * SR)]
     if noise_db is not None:
