@@ -290,12 +290,7 @@ class Catalog:
                 if block is None:
                     size = int(np.prod(shape)) * np.dtype(dtype).itemsize
                     return np.frombuffer(read(first * size, (last - first) * size), dtype).reshape(-1, *shape)
-                b0, b1 = packing.block_range(first, last, block)
-                offsets = read(*packing.offsets_at(b0, b1))
-                start, end = (int(v) for v in np.frombuffer(offsets, "<u4")[[0, -1]])
-                data = read(start, end - start)
-            rows = packing.unpack(offsets, data, dtype, shape, PACKING[table][1])
-            return rows[first - b0 * block:last - b0 * block]
+                return packing.read_rows(read, first, last, block, dtype, shape, PACKING[table][1])
         except (LookupError, ValueError, sqlite3.OperationalError):
             return None
 

@@ -35,21 +35,23 @@ def pack(a: np.ndarray, block: int, delta: bool = False) -> bytes:
     return offsets.astype(_OFFSET).tobytes() + b"".join(blocks)
 
 
-def block_range(first: int, last: int, block: int) -> tuple[int, int]:
-    """The blocks `[b0, b1)` that hold rows `[first, last)`."""
-    return first // block, -(-last // block)
-
-
-def offsets_at(b0: int, b1: int) -> tuple[int, int]:
-    """(byte, size) of the offsets of blocks `b0` to `b1` and of the end of `b1 - 1`, in a packed blob."""
-    return _OFFSET.itemsize * b0, _OFFSET.itemsize * (b1 - b0 + 1)
-
-
-def unpack(offsets: bytes, data: bytes, dtype: np.dtype, shape: tuple[int, ...], delta: bool = False) -> np.ndarray:
-    """The rows of consecutive blocks: `offsets` as `offsets_at` reads them, `data` the bytes from the first
-    offset to the last. `[n, *shape]`; ValueError where the bytes are not such blocks (a row replaced between
-    the two reads)."""
+def read_rows(read, first: int, last: int, block: int, dtype, shape: tuple[int, ...],
+              delta: bool = False) -> np.ndarray:
+    """Rows `first` to `last` (exclusive) `[n, *shape]` of a packed blob of blocks of `block` rows, through
+    `read(offset, size) -> bytes`: the offsets of the blocks that hold them, then those blocks, and only those.
+    ValueError where the bytes read are not such blocks (a row replaced between the two reads)."""
+    b0, b1 = first // block, -(-last // block)
+    offsets = read(_OFFSET.itemsize * b0, _OFFSET.itemsize * (b1 - b0 + 1))
     at = np.frombuffer(offsets, _OFFSET).tolist()
+    if len(at) != b1 - b0 + 1:
+        raise ValueError("a packed blob shorter than its offsets")
+    rows = _unpack(at, read(at[0], at[-1] - at[0]), dtype, shape, delta)
+    return rows[first - b0 * block:last - b0 * block]
+
+
+def _unpack(at: list[int], data: bytes, dtype, shape: tuple[int, ...], delta: bool) -> np.ndarray:
+    """The rows of consecutive blocks at byte offsets `at` of a packed blob, `data` its bytes from `at[0]` to
+    `at[-1]`."""
     view, z = memoryview(data), zstandard.ZstdDecompressor()
     row = math.prod(shape) * np.dtype(dtype).itemsize
     try:

@@ -565,7 +565,7 @@ def test_a_stretch_of_a_long_track_reads_only_its_own_bytes_and_a_removed_track_
 
 
 def test_packed_arrays_read_back_whole_and_in_any_stretch():
-    from indexer.packing import block_range, offsets_at, pack, unpack
+    from indexer.packing import pack, read_rows
     rng = np.random.default_rng(2)
     latents = rng.integers(-128, 128, (7, 3, 4)).astype(np.int8)
     frames = rng.integers(0, 256, (11, 5)).astype(np.uint8)  # differences wrap around below 0 and above 255
@@ -573,15 +573,12 @@ def test_packed_arrays_read_back_whole_and_in_any_stretch():
         blob = pack(a, block, delta)
         for first in range(len(a)):
             for last in range(first + 1, len(a) + 1):
-                b0, b1 = block_range(first, last, block)
-                at, size = offsets_at(b0, b1)
-                offsets = blob[at:at + size]
-                start, end = np.frombuffer(offsets, "<u4")[[0, -1]]
-                rows = unpack(offsets, blob[start:end], a.dtype, a.shape[1:], delta)
-                np.testing.assert_array_equal(rows[first - b0 * block:last - b0 * block], a[first:last])
+                rows = read_rows(lambda at, size: blob[at:at + size], first, last, block, a.dtype, a.shape[1:], delta)
+                np.testing.assert_array_equal(rows, a[first:last])
     assert len(pack(np.zeros((100, 45, 177), np.int8), 1)) < 100 * 45 * 177 / 50  # silence packs to almost nothing
+    blob = pack(frames, 3)
     with pytest.raises(ValueError):  # bytes that are not the blocks the offsets say (a row replaced meanwhile)
-        unpack(pack(frames, 3)[:8], b"not blocks", np.uint8, (5,))
+        read_rows(lambda at, size: (blob[:8] + b"not blocks")[at:at + size], 0, 3, 3, np.uint8, (5,))
 
 
 def test_a_catalog_made_before_arrays_were_packed_reads_and_writes_them_raw(tmp_path):
