@@ -105,6 +105,11 @@ class Catalog:
                 db["meta"].insert({"key": "changes_from", "value": str(self.generation)})
 
     # --- meta -----------------------------------------------------------------
+    @property
+    def packs(self) -> bool:
+        """Whether this catalog stores arrays packed (made since they are): `record` packs them ahead for it."""
+        return any(self._packs.values())
+
     def get_meta(self, key: str, default: str | None = None) -> str | None:
         row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
         return row[0] if row else default
@@ -219,6 +224,10 @@ class Catalog:
     def track_by_path(self, path: str) -> dict | None:
         rows = list(self.db.query("select * from tracks where path = ?", [path]))
         return rows[0] if rows else None
+
+    def ids_with_hash(self, content_hash: str) -> set[int]:
+        """The tracks whose file had this content hash."""
+        return {r[0] for r in self.db.execute("select id from tracks where hash = ?", [content_hash])}
 
     def tracks(self, track_ids) -> dict[int, dict]:
         ids = list(track_ids)

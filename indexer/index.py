@@ -21,7 +21,7 @@ from models import Codec, load_codec, model_checksum, shipped_checkpoint
 
 from .catalog import Catalog
 from .vectors import (FrameGrid, VectorConfig, build_faiss, centre, for_search, index_kind, ivf_lists, new_faiss,
-                      split_id, training_rows, window_id)
+                      split_id, track_vector_dim, training_rows, window_id)
 
 FORMAT_VERSION = 2  # 2: window vectors from the codec's pooling head
 DEFAULT_INDEX = Path("muzip-index")
@@ -126,7 +126,7 @@ class Index:
             "window_s": vectors.window_s,
             "hop_s": vectors.hop_s,
             "vector_dim": model.cfg.head[1],
-            "track_vector_dim": 2 * model.cfg.latent_dim,
+            "track_vector_dim": track_vector_dim(model.cfg.head[1], model.cfg.latent_dim, vectors),
             "metric": vectors.metric,
             "kbps": round(model.cfg.kbps, 2),
             "vectors": vectors.to_dict(),

@@ -24,7 +24,7 @@ from .catalog import Catalog, TrackRecord, pack_record
 from .decode import parallel_map
 from .encode import encode_chunks, encode_file
 from .metadata import fma_id
-from .vectors import (FrameGrid, StoredEnergiesStream, VectorConfig, frame_features, stored_energies, track_vector,
+from .vectors import (FrameGrid, StoredEnergiesStream, VectorConfig, stored_energies, track_vector,
                       window_vectors)
 
 STREAM_OVER_S = 600.0  # longer files are streamed through the encoder instead of decoded whole
@@ -118,18 +118,20 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
     return out
 
 
-def pool_stage(model: Codec, latents: np.ndarray, samples: int, cfg: VectorConfig) -> tuple[np.ndarray, np.ndarray]:
-    """A track's latents -> (window vectors `[W, D]` every `cfg.hop_s` from the pooling head, whole-track vector)."""
+def pool_stage(model: Codec, latents: np.ndarray, samples: int, cfg: VectorConfig,
+               spectrogram: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A track's latents and stored band energies -> (window vectors `[W, D]` every `cfg.hop_s` from the pooling
+    head, whole-track vector)."""
     grid = FrameGrid.of(model.cfg)
     frames = grid.frames(samples, model.cfg.sample_rate)
     windows, _ = window_vectors(model, latents, grid, cfg.hop_s, frames)
-    return windows, track_vector(frame_features(latents, grid)[:max(1, frames)])
+    return windows, track_vector(windows, spectrogram, latents, grid, frames, cfg)
 
 
 def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg: VectorConfig,
-           meta: dict | None) -> TrackRecord:
+           meta: dict | None, pack: bool = True) -> TrackRecord:
     """The catalog record of one file (pooling its latents when it was encoded, and packing what the catalog
-    stores packed)."""
+    stores packed: not for a catalog made before arrays were packed, `Catalog.packs` False, which stores them raw)."""
     m = meta or {}
     rec = TrackRecord(path=str(d.path), size=d.size, mtime=d.mtime, hash=d.hash, status="failed",
                       sample_rate=d.sample_rate, channels=d.channels, seconds=d.seconds,
@@ -141,9 +143,10 @@ def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg
     if _is_silent(latents, model):
         rec.reason = "silent"
         return rec
-    rec.windows, rec.whole = pool_stage(model, latents, samples, cfg)
+    rec.windows, rec.whole = pool_stage(model, latents, samples, cfg, d.spectrogram)
     rec.status, rec.latents, rec.samples, rec.spectrogram = "indexed", latents, samples, d.spectrogram
-    pack_record(rec)  # here, not in the single writer
+    if pack:
+        pack_record(rec)  # here, not in the single writer
     return rec
 
 
@@ -203,7 +206,7 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         summary.encode_s += t1 - t0
         for d, e in zip(pending, encoded):
             summary.decode_s += d.decode_s
-            rec = record(d, e, model, cfg, (metadata or {}).get(fma_id(d.path)))
+            rec = record(d, e, model, cfg, (metadata or {}).get(fma_id(d.path)), catalog.packs)
             write_stage(catalog, rec)
             if rec.status == "indexed":
                 summary.indexed += 1

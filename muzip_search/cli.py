@@ -311,12 +311,18 @@ def query(
 
 
 def _track_id(idx, ref: str) -> int:
+    tid = _find_track(idx, ref)
+    if tid is None:
+        fail(f"{ref}: no such track in {idx.root}")
+    return tid
+
+
+def _find_track(idx, ref: str) -> int | None:
+    """The track that `ref` names, by id or by its file's path; None where none."""
     if ref.isdigit() and idx.catalog.track(int(ref)):
         return int(ref)
     row = idx.catalog.track_by_path(str(Path(ref).resolve()))
-    if row is None:
-        fail(f"{ref}: no such track in {idx.root}")
-    return row["id"]
+    return None if row is None else row["id"]
 
 
 def _indexed_track(idx, ref: str) -> int:
@@ -364,24 +370,33 @@ def reconstruct_cmd(
 
 @app.command()
 def similar(
-    track: Annotated[str, typer.Argument(help="Track id (or indexed file path).")],
+    track: Annotated[str, typer.Argument(help="Track id, an indexed file's path, or any audio file.")],
     top: Annotated[int, typer.Option(min=1, help="How many tracks.")] = 5,
     index_dir: IndexDir = DEFAULT_INDEX_DIR,
     json_out: Json = False,
 ):
-    """The tracks nearest to one track by whole-track vector.
+    """The tracks that sound most like one track (or an audio file not in the index), by whole-track vector:
+    the mean of its window vectors and the colour of its sound.
 
     Example:  muzip-search similar 2 --top 10 --json
+    Example:  muzip-search similar ~/new-song.mp3
     """
-    from .similar import similar_tracks
+    from .similar import similar_to_file, similar_tracks
     idx = _open(index_dir)
-    tid = _indexed_track(idx, track)
-    rows = similar_tracks(idx, tid, top)
+    tid = _find_track(idx, track)
+    if tid is not None or not Path(track).is_file():
+        tid = _indexed_track(idx, track)
+        rows, head = similar_tracks(idx, tid, top), {"track_id": tid}
+    else:
+        try:
+            rows, head = similar_to_file(idx, Path(track), top), {"query": track}
+        except AudioError as err:
+            fail(str(err))
     if json_out:
-        print_json({"track_id": tid, "similar": rows})
+        print_json({**head, "similar": rows})
     else:
         if not rows:
-            typer.echo(f"track {tid} is the only track in {idx.root}", err=True)
+            typer.echo(f"{f'track {tid}' if tid is not None else track} is the only track in {idx.root}", err=True)
         for r in rows:
             label = " - ".join(v for v in (r["artist"], r["title"]) if v) or Path(r["path"]).name
             typer.echo(f"track {r['track_id']}  score {r['score']:.3f}  {label}")

@@ -10,7 +10,8 @@ from indexer.index import Index
 
 
 class NotInIndex(Exception):
-    pass
+    def __init__(self, track_id: int):
+        super().__init__(f"track {track_id} is not in the index")
 
 
 def reconstruct(index: Index, track_id: int, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
@@ -32,9 +33,22 @@ class Spans:
         self.index = index
         self.dtype = dtype
         self.kept: dict[int, tuple[int, np.ndarray]] = {}  # track -> (its first sample, the samples)
+        self.lengths: dict[int, int | None] = {}  # track -> its length in samples (None: not stored), read once
+
+    def samples(self, track_id: int) -> int:
+        """The track's length in samples; NotInIndex where it is not stored."""
+        if track_id not in self.lengths:
+            self.lengths[track_id] = self.index.catalog.track_samples(track_id)
+        if self.lengths[track_id] is None:
+            raise NotInIndex(track_id)
+        return self.lengths[track_id]
+
+    def span(self, track_id: int, start_s: float, end_s: float | None) -> tuple[int, int]:
+        """`span_samples`, the track's length read once for the query."""
+        return _clamp(self.samples(track_id), start_s, end_s, self.index.model.cfg.sample_rate)
 
     def __call__(self, track_id: int, start_s: float, end_s: float) -> np.ndarray:
-        start, end = span_samples(self.index, track_id, start_s, end_s)
+        start, end = self.span(track_id, start_s, end_s)
         first, y = self.kept.get(track_id, (start, np.zeros(0, np.float32)))
         last = first + len(y)
         if start > last or end < first:  # apart from what is kept: keep this instead
@@ -52,8 +66,11 @@ def span_samples(index: Index, track_id: int, start_s: float, end_s: float | Non
     is not stored."""
     samples = index.catalog.track_samples(track_id)
     if samples is None:
-        raise NotInIndex(f"track {track_id} is not in the index")
-    sr = index.model.cfg.sample_rate
+        raise NotInIndex(track_id)
+    return _clamp(samples, start_s, end_s, index.model.cfg.sample_rate)
+
+
+def _clamp(samples: int, start_s: float, end_s: float | None, sr: int) -> tuple[int, int]:
     start = min(max(0, int(round(start_s * sr))), samples)
     end = samples if end_s is None else min(samples, max(start, int(round(end_s * sr))))
     return start, end
@@ -64,7 +81,7 @@ def _decode(index: Index, track_id: int, start: int, end: int, dtype: torch.dtyp
     first, last = start // chunk, -(-end // chunk)
     stored = index.catalog.latents(track_id, first, last)
     if stored is None:  # removed since (a concurrent `remove`)
-        raise NotInIndex(f"track {track_id} is not in the index")
+        raise NotInIndex(track_id)
     z, _ = stored
     return decode_span(index.model, torch.from_numpy(z.copy()), start - first * chunk, end - first * chunk,
                        dtype=dtype)

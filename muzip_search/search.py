@@ -17,7 +17,7 @@ from indexer.vectors import (N_FFT, VectorConfig, align, band_energies, band_spe
                              log_bands, spec_hop, split_id, window_id, window_starts, window_vectors)
 from models import compute_dtype
 
-from .reconstruct import NotInIndex, Spans, span_samples
+from .reconstruct import NotInIndex, Spans
 
 
 class ClipTooShort(Exception):
@@ -248,7 +248,7 @@ class Searcher:
     def _stretch(self, clip: _Clip, tid: int, start_s: float, end_s: float) -> np.ndarray | None:
         """The band spectrogram of seconds [start_s, end_s) of track `tid`; None where it is not in the index."""
         try:
-            return log_bands(self._energies(clip, tid, *span_samples(self.index, tid, start_s, end_s))[1], self.cfg)
+            return log_bands(self._energies(clip, tid, *clip.tracks.span(tid, start_s, end_s))[1], self.cfg)
         except NotInIndex:
             return None
 
@@ -534,11 +534,11 @@ class Searcher:
         keep = len(piece)
         slack = cfg.hop_s
         try:
-            first, energies = self._energies(clip, tid, *span_samples(
-                self.index, tid, offset + skip / sr - slack, offset + (skip + keep) / sr + slack))
+            samples = clip.tracks.samples(tid)
+            first, energies = self._energies(clip, tid, *clip.tracks.span(
+                tid, offset + skip / sr - slack, offset + (skip + keep) / sr + slack))
         except NotInIndex:  # removed since the vote (a concurrent `remove`)
             return tid, offset, -1.0
-        samples = self.index.catalog.track_samples(tid) or 0
         t = log_bands(energies, cfg)
         lag, spec = align(q, t, 0, len(t) - len(q))
         if lag < 0:

@@ -1,16 +1,36 @@
 """Whole-track similarity and index statistics."""
+from pathlib import Path
+
 import numpy as np
 
 from indexer.index import Index
+from indexer.pipeline import decode_stage, encode_stage, pool_stage
 from indexer.vectors import centre
 
 
 def similar_tracks(index: Index, track_id: int, top: int = 5) -> list[dict]:
     """The `top` tracks nearest to `track_id` by whole-track vector (itself left out), best first."""
+    return _nearest(index, index.catalog.track_vector(track_id), top, {track_id})
+
+
+def similar_to_file(index: Index, path: Path, top: int = 5) -> list[dict]:
+    """The `top` indexed tracks nearest to the audio file `path` by whole-track vector, best first, the vector
+    made by indexing's own stages (so a file that is in the index gets its stored one); tracks holding the very
+    same file (its content hash) are left out. AudioError where the file cannot be read or is under a second."""
+    d = decode_stage(path, index.model.cfg.sample_rate, index.vectors.window_s)
+    encoded = encode_stage(index.model, [d], spec=index.vectors)[0] if d.error is None else None
+    if d.error is not None:  # (a long file streamed from disk fails in the encode stage)
+        raise d.error
+    latents, samples = encoded
+    _, whole = pool_stage(index.model, latents, samples, index.vectors, d.spectrogram)
+    return _nearest(index, whole, top, index.catalog.ids_with_hash(d.hash))
+
+
+def _nearest(index: Index, whole: np.ndarray, top: int, leave_out: set[int]) -> list[dict]:
     s = index.searchable()
-    vec = centre(index.catalog.track_vector(track_id)[None, :], s.track_mean)
-    sims, ids = s.tracks.search(vec, min(top + 1, s.tracks.ntotal))
-    hits = [(int(i), float(d)) for i, d in zip(ids[0], sims[0]) if i >= 0 and i != track_id][:top]
+    vec = centre(whole[None, :].astype(np.float32), s.track_mean)
+    sims, ids = s.tracks.search(vec, min(top + len(leave_out), s.tracks.ntotal))
+    hits = [(int(i), float(d)) for i, d in zip(ids[0], sims[0]) if i >= 0 and i not in leave_out][:top]
     rows = index.catalog.tracks(i for i, _ in hits)
     return [{"track_id": i, "path": rows[i]["path"], "score": round(d, 4), "title": rows[i]["title"],
              "artist": rows[i]["artist"], "genre": rows[i]["genre"]} for i, d in hits]

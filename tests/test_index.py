@@ -265,6 +265,26 @@ def test_query_reconstruct_writes_the_matched_span(built, tmp_path):
     assert abs(sf.info(wav).frames - 2 * SR) <= 1
 
 
+def test_similar_to_a_file_finds_the_song_it_sounds_like_and_leaves_out_the_file_itself(built, songs_dir, tmp_path):
+    index_dir, _ = built
+    near = tmp_path / "near song 4.wav"  # song 4 (track 6) with a little noise: not a file in the index
+    x = song(SONG_SECONDS, seed=4)
+    sf.write(near, x + 0.01 * np.random.default_rng(0).standard_normal(len(x)).astype(np.float32), SR)
+    r = json.loads(cli("similar", near, "--top", "3", "--index", index_dir, "--json").stdout)
+    assert r["query"] == str(near) and len(r["similar"]) == 3
+    assert r["similar"][0]["track_id"] == 6 and r["similar"][0]["score"] > 0.9
+    # a copy of track 7's file elsewhere: its vector is the one indexing stored, and track 7 itself is left out
+    copy = tmp_path / "copy.wav"
+    shutil.copyfile(songs_dir / "fma_small" / "000" / "000007.wav", copy)
+    by_file = json.loads(cli("similar", copy, "--index", index_dir, "--json").stdout)["similar"]
+    by_id = json.loads(cli("similar", "7", "--index", index_dir, "--json").stdout)["similar"]
+    assert by_file == by_id and 7 not in [s["track_id"] for s in by_id]
+    bad = tmp_path / "bad.mp3"
+    bad.write_bytes(b"not audio at all")
+    r = cli("similar", bad, "--index", index_dir)
+    assert r.exit_code == 1 and r.stderr.startswith(f"error: {bad}") and "not audio" in r.stderr
+
+
 def test_similar_and_stats(built):
     index_dir, _ = built
     r = json.loads(cli("similar", "2", "--top", "3", "--index", index_dir, "--json").stdout)
@@ -272,7 +292,8 @@ def test_similar_and_stats(built):
     assert list(r["similar"][0]) == ["track_id", "path", "score", "title", "artist", "genre"]
     scores = [s["score"] for s in r["similar"]]
     assert scores == sorted(scores, reverse=True) and scores[0] < 0.99  # centred: tracks are told apart
-    assert (index_dir / "mean-12.f32").stat().st_size == (128 + 90) * 4  # window and track means
+    # the mean window vector, and the mean whole-track vector: the windows' mean and 48 bands' mean and spread
+    assert (index_dir / "mean-12.f32").stat().st_size == (128 + 128 + 2 * 48) * 4
     s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
     assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)

@@ -128,7 +128,7 @@ def test_an_older_manifest_keeps_its_behaviour_and_a_new_one_round_trips():
     assert VectorConfig.from_dict(new.to_dict()) == new
     added = {"rescore_seconds": 0.0, "spec_floor": 0.0, "exact_spec": False, "verify_s": 0.0,
              "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "tie_score": 0.0,
-             "same_music": 0.0, "stored_spec": False}  # their old behaviour
+             "same_music": 0.0, "stored_spec": False, "whole": "latent-energy"}  # their old behaviour
     old = {k: v for k, v in new.to_dict().items() if k not in added}
     assert VectorConfig.from_dict(old).to_dict() == {**new.to_dict(), **added}
 
@@ -162,3 +162,30 @@ def test_a_rooms_decay_makes_each_frames_energy_ring_on():
 def test_an_index_built_before_the_margin_keeps_its_threshold_on_the_score_alone():
     old = VectorConfig.from_dict({"min_score": 0.48, "short_extra": 0.1})
     assert (old.min_score, old.short_extra, old.margin_weight, old.score_floor) == (0.48, 0.1, 0.0, 0.0)
+
+
+def test_band_statistics_are_each_bands_mean_and_spread_of_floored_log_energy():
+    from indexer.vectors import band_statistics, energies_of
+    stored = np.array([[100, 0], [120, 40], [140, 40], [100, 200]], np.uint8)  # 4 frames, 2 bands; 0: silence
+    e = energies_of(stored).numpy().astype(np.float64)
+    logs = np.log(e + 0.01 * e.mean())  # floored 20 dB under the mean energy
+    mean, spread = band_statistics(stored)
+    np.testing.assert_allclose(mean, logs.mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(spread, logs.std(axis=0), rtol=1e-9)
+
+
+def test_a_whole_track_vector_weighs_its_windows_its_bands_colour_and_their_spread_alike():
+    from indexer.vectors import band_statistics, track_vector, track_vector_dim
+    cfg = VectorConfig()
+    windows = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    stored = np.array([[100, 120, 140], [100, 140, 100]], np.uint8)  # 3 bands: the first does not move
+    v = track_vector(windows, stored, None, None, 0, cfg)
+    mean, spread = band_statistics(stored)
+    part = lambda x: (x - x.mean()) / np.linalg.norm(x - x.mean())  # noqa: E731
+    want = np.concatenate([[0.5 ** 0.5, 0.5 ** 0.5, 0.0], part(mean), part(spread)]) / 3 ** 0.5
+    np.testing.assert_allclose(v, want, atol=1e-6)
+    assert v.dtype == np.float32 and abs(np.linalg.norm(v) - 1.0) < 1e-6
+    assert track_vector_dim(128, 45, cfg) == 128 + 2 * 48
+    # an index made before keeps its kind: each latent channel's log energy, its mean and spread (2 x 45)
+    old = VectorConfig.from_dict({})
+    assert old.whole == "latent-energy" and track_vector_dim(128, 45, old) == 90
