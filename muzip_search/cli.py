@@ -264,16 +264,22 @@ def query(
     reconstruct_dir: Annotated[Path | None, typer.Option("--reconstruct", file_okay=False,
                                                          help="Write each match's span, decoded from the "
                                                               "stored latents, as WAV in this folder.")] = None,
+    similar: Annotated[int, typer.Option(
+        "--similar", min=0, help="Also the tracks that sound most like each clip, this many (found in the "
+                                 "index or not), by whole-track vector as `similar` finds them.")] = 0,
     device: Device = "auto",
     json_out: Annotated[bool, typer.Option("--json", help="One JSON object per clip, one per line.")] = False,
 ):
-    """Find the tracks a clip comes from and where in each it starts.
+    """Find the tracks a clip comes from and where in each it starts; with --similar, the tracks that sound
+    like it too.
 
     Example:  muzip-search query clip.wav other.mp3 --top 3 --json
+    Example:  muzip-search query unknown.mp3 --similar 5
     """
     from indexer.audio import load
     from .reconstruct import reconstruct, write_wav
     from .search import ClipTooShort, Searcher
+    from .similar import similar_to_signal
     idx = _open(index_dir, device)
     searcher = Searcher(idx)
     errors = 0
@@ -289,14 +295,18 @@ def query(
             else:
                 typer.echo(f"error: {msg}", err=True)
             continue
+        alike = similar_to_signal(idx, x, similar) if similar else None
         if json_out:
-            print_json({"query": str(clip), "matches": [m.to_json() for m in matches]})
+            print_json({"query": str(clip), "matches": [m.to_json() for m in matches],
+                        **({"similar": alike} if similar else {})})
         else:
             typer.echo(f"{clip}:" + ("" if matches else " no match"))
             for rank, m in enumerate(matches, 1):
-                label = " - ".join(v for v in (m.artist, m.title) if v) or Path(m.path).name
-                typer.echo(f"  {rank}. track {m.track_id} at {m.offset_s:.2f} s  score {m.score:.3f}  {label}"
+                typer.echo(f"  {rank}. track {m.track_id} at {m.offset_s:.2f} s  score {m.score:.3f}  "
+                           f"{_label(m.to_json())}"
                            + (f"  [{m.genre}]" if m.genre else ""))
+            for r in alike or ():
+                typer.echo(f"  sounds like track {r['track_id']}  score {r['score']:.3f}  {_label(r)}")
         if reconstruct_dir is not None:
             for rank, m in enumerate(matches, 1):
                 y = reconstruct(idx, m.track_id, m.offset_s, m.offset_s + m.span_s)
@@ -398,8 +408,12 @@ def similar(
         if not rows:
             typer.echo(f"{f'track {tid}' if tid is not None else track} is the only track in {idx.root}", err=True)
         for r in rows:
-            label = " - ".join(v for v in (r["artist"], r["title"]) if v) or Path(r["path"]).name
-            typer.echo(f"track {r['track_id']}  score {r['score']:.3f}  {label}")
+            typer.echo(f"track {r['track_id']}  score {r['score']:.3f}  {_label(r)}")
+
+
+def _label(row: dict) -> str:
+    """How a track is named in text output: artist - title, else its file's name."""
+    return " - ".join(v for v in (row["artist"], row["title"]) if v) or Path(row["path"]).name
 
 
 @app.command()

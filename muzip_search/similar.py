@@ -3,8 +3,9 @@ from pathlib import Path
 
 import numpy as np
 
+from indexer.audio import to_pcm16
 from indexer.index import Index
-from indexer.pipeline import decode_stage, encode_stage, pool_stage
+from indexer.pipeline import Decoded, decode_stage, encode_stage, pool_stage
 from indexer.vectors import centre
 
 
@@ -18,12 +19,24 @@ def similar_to_file(index: Index, path: Path, top: int = 5) -> list[dict]:
     made by indexing's own stages (so a file that is in the index gets its stored one); tracks holding the very
     same file (its content hash) are left out. AudioError where the file cannot be read or is under a second."""
     d = decode_stage(path, index.model.cfg.sample_rate, index.vectors.window_s)
-    encoded = encode_stage(index.model, [d], spec=index.vectors)[0] if d.error is None else None
+    if d.error is not None:
+        raise d.error
+    return _nearest(index, _whole(index, d), top, index.catalog.ids_with_hash(d.hash))
+
+
+def similar_to_signal(index: Index, x: np.ndarray, top: int = 5) -> list[dict]:
+    """`similar_to_file` for a mono signal `[T]` at the model's rate (a query's clip, of a second or more)."""
+    d = Decoded(Path(), 0, 0.0, "", seconds=len(x) / index.model.cfg.sample_rate, audio=to_pcm16(x))
+    return _nearest(index, _whole(index, d), top, set())
+
+
+def _whole(index: Index, d: Decoded) -> np.ndarray:
+    """The whole-track vector of a decoded file, as indexing makes it."""
+    encoded = encode_stage(index.model, [d], spec=index.vectors)[0]
     if d.error is not None:  # (a long file streamed from disk fails in the encode stage)
         raise d.error
     latents, samples = encoded
-    _, whole = pool_stage(index.model, latents, samples, index.vectors, d.spectrogram)
-    return _nearest(index, whole, top, index.catalog.ids_with_hash(d.hash))
+    return pool_stage(index.model, latents, samples, index.vectors, d.spectrogram)[1]
 
 
 def _nearest(index: Index, whole: np.ndarray, top: int, leave_out: set[int]) -> list[dict]:

@@ -279,6 +279,15 @@ def test_similar_to_a_file_finds_the_song_it_sounds_like_and_leaves_out_the_file
     by_file = json.loads(cli("similar", copy, "--index", index_dir, "--json").stdout)["similar"]
     by_id = json.loads(cli("similar", "7", "--index", index_dir, "--json").stdout)["similar"]
     assert by_file == by_id and 7 not in [s["track_id"] for s in by_id]
+    # a query says where a clip comes from, and with --similar which tracks sound like it: the clip's own song first
+    clip = tmp_path / "clip.wav"
+    sf.write(clip, x[int(1.3 * SR):int(4.3 * SR)], SR)
+    q = json.loads(cli("query", clip, "--similar", "2", "--index", index_dir, "--json").stdout)
+    assert list(q) == ["query", "matches", "similar"] and q["matches"][0]["track_id"] == 6
+    assert [s["track_id"] for s in q["similar"]][:1] == [6] and len(q["similar"]) == 2
+    assert list(q["similar"][0]) == ["track_id", "path", "score", "title", "artist", "genre"]
+    text = cli("query", clip, "--similar", "1", "--index", index_dir).stdout
+    assert text.splitlines()[-1].startswith("  sounds like track 6  score ")
     bad = tmp_path / "bad.mp3"
     bad.write_bytes(b"not audio at all")
     r = cli("similar", bad, "--index", index_dir)
