@@ -38,3 +38,15 @@ def test_split_keeps_each_song_on_one_side_and_halves_the_held_out_ones(tmp_path
         assert not {song[n] for n in one} & {song[n] for n in other}
     for p in [*train.values(), *a.values()]:  # links to the clips themselves
         assert p.is_symlink() and p.read_bytes() == b"clip %d" % int(p.stem)
+
+
+def test_similar_bench_scores_a_ranking_against_each_tracks_kin():
+    import importlib.util
+    import numpy as np
+    spec = importlib.util.spec_from_file_location("similar_bench", ROOT / "benchmarks" / "similar_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    v = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [0.5, 0.5]], np.float32)  # two pairs, one apart
+    # each pair's tracks are each other's nearest; the fifth has no label, and is not scored
+    assert bench.scores(v, ["A", "A", "B", "B", None], 1) == {"tracks": 4, "p_at_1": 1.0, "map": 1.0, "chance": 0.25}
+    assert bench.scores(v, ["A", "B", "A", "B", "C"], 1)["p_at_1"] == 0.0  # nearest of another group
