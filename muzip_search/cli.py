@@ -406,7 +406,8 @@ def similar(
         print_json({**head, "similar": rows})
     else:
         if not rows:
-            typer.echo(f"{f'track {tid}' if tid is not None else track} is the only track in {idx.root}", err=True)
+            typer.echo(f"track {tid} is the only track in {idx.root}" if tid is not None
+                       else f"{track}: no other track in {idx.root}", err=True)
         for r in rows:
             typer.echo(f"track {r['track_id']}  score {r['score']:.3f}  {_label(r)}")
 
