@@ -419,7 +419,7 @@ def _label(row: dict) -> str:
 
 @app.command()
 def stats(index_dir: IndexDir = DEFAULT_INDEX_DIR, json_out: Json = False):
-    """What the index holds: tracks, hours, failures, bytes on disk, kbps, model, FAISS type.
+    """What the index holds: tracks, hours, failures, bytes on disk, kbps, model, FAISS type, whole-track vectors.
 
     Example:  muzip-search stats --json
     """

@@ -67,4 +67,5 @@ def index_stats(index: Index) -> dict:
         "model_checksum": index.manifest["model_checksum"],
         "model_kbps": index.manifest["kbps"],
         "faiss_index": index.faiss_type(),
+        "track_vector": index.vectors.whole,  # what `similar` compares (an index made before session 22: latent-energy)
     }

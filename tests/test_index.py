@@ -304,7 +304,8 @@ def test_similar_and_stats(built):
     # the mean window vector, and the mean whole-track vector: the windows' mean and 48 bands' mean and spread
     assert (index_dir / "mean-12.f32").stat().st_size == (128 + 128 + 2 * 48) * 4
     s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
-    assert (s["tracks"], s["failed"], s["model"], s["faiss_index"]) == (12, 0, "default", "IndexFlatIP (exact)")
+    assert (s["tracks"], s["failed"], s["model"], s["faiss_index"], s["track_vector"]) == (
+        12, 0, "default", "IndexFlatIP (exact)", "windows+bands")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)
     # the bytes stored: int8 latents `[7, 45, 177]` per 6-s song (7 chunks), and uint8 band energies `[596, 48]` (a
     # frame every 10 ms: (264,600 - 2,048) // 441 + 1 frames), each packed as the catalog packs them
@@ -320,7 +321,7 @@ def test_similar_and_stats(built):
     assert s["spectrogram_bytes"] == packed["spectrograms"] < 12 * 596 * 48
     assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes",
                        "spectrogram_bytes", "faiss_bytes", "catalog_bytes", "stored_kbps", "model", "model_checksum",
-                       "model_kbps", "faiss_index"]
+                       "model_kbps", "faiss_index", "track_vector"]
 
 
 def test_faiss_files_are_rebuilt_from_sqlite(built, tmp_path):
