@@ -46,7 +46,7 @@ def stored_vectors(index: Index, ids: list[int], kind: str) -> np.ndarray:
 
 def scores(vectors: np.ndarray, labels: list, top: int) -> dict:
     """Precision at `top` and mean average precision of ranking by centred cosine, for tracks with kin."""
-    v = centre(vectors.astype(np.float32), vectors.mean(axis=0))
+    v = centre(vectors, vectors.mean(axis=0))
     sims = v @ v.T
     np.fill_diagonal(sims, -np.inf)
     order = np.argsort(-sims, axis=1, kind="stable")[:, :-1]

@@ -9,6 +9,10 @@ Tables:
   re-scoring compares with a clip's, from the track's own audio (in indexes made since they are stored).
   Latents and band energies are stored packed (`packing`: blocks compressed one by one, `block` rows each). A
   catalog made before that has no `block` column in those tables: its rows are raw, and so are those written to it.
+- `latents_parts`, `spectrograms_parts`: a long track's packed arrays after its first `PART_ROWS` rows (2 minutes
+  of audio), in parts of as many rows, keyed by `part_id` (in catalogs made since; `parts` in `meta`). SQLite reads
+  a stretch deep in a blob only by walking its pages from the start: 3 s from the middle of a 2-hour track's
+  latents took 4.2 ms to read in one row, and a 5-s query of that track read 30-35 ms (BENCHMARKS.md).
 - `meta`: the manifest and the `generation`, bumped in the same transaction as
   every change, so FAISS files stamped with a generation are stale exactly when
   the catalog has moved on.
@@ -20,7 +24,7 @@ wholly in or wholly out.
 import json
 import sqlite3
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +36,10 @@ from . import packing
 SCHEMA_VERSION = 1
 # how each table's arrays are packed: (rows per block, rows stored as differences from the row before)
 PACKING = {"latents": (1, False), "spectrograms": (100, True)}  # a 1-s chunk; 1 s of 10-ms frames
+# rows of each packed table per part (2 minutes of audio): a track's first part in the table's own row, the others
+# in `{table}_parts`; saved in a new catalog's `meta`, which a catalog made before lacks (one part, however long)
+PART_ROWS = {"latents": 120, "spectrograms": 12_000}
+_PART_BITS = 24  # a part's row id: its track's id, shifted, and the part's number (`part_id`)
 
 
 @dataclass
@@ -56,8 +64,8 @@ class TrackRecord:
     whole: np.ndarray | None = None     # float32 [D2]
     spectrogram: np.ndarray | None = None  # uint8 [T, bands] (`vectors.stored_energies`), where the index stores them
     wanted_id: int | None = None        # FMA id from the file name, if any
-    packed: dict[str, bytes] = field(default_factory=dict)  # table -> its array packed (`pack_record`), by a stage
-                                                            # before the writer: the single writer only inserts
+    packed: dict[str, list[bytes]] = field(default_factory=dict)  # table -> its array packed, part by part
+                                                    # (`pack_record`), by a stage before the writer, which only inserts
 
 
 class Catalog:
@@ -77,6 +85,8 @@ class Catalog:
         # which tables store arrays packed: those of a catalog made before that have no `block` column, and the
         # column is not added, since SQLite reads a row's columns after a blob only by walking the blob's pages
         self._packs = {t: t in self.db.table_names() and "block" in self.db[t].columns_dict for t in PACKING}
+        parts = json.loads(self.get_meta("parts") or "{}")  # (read-only, a catalog not created yet: none)
+        self._part_rows = {t: parts.get(t) for t in PACKING if self._packs[t]}  # None: one part
 
     def _create(self):
         db = self.db
@@ -92,12 +102,17 @@ class Catalog:
                                       "block": int, "data": bytes}, pk="track_id")
                 db["vectors"].create({"track_id": int, "windows": int, "dim": int, "data": bytes,
                                       "whole": bytes}, pk="track_id")
+                for table in PACKING:
+                    db[f"{table}_parts"].create({"part_id": int, "data": bytes}, pk="part_id")
                 db["meta"].insert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)},
-                                       {"key": "generation", "value": "0"}])
+                                       {"key": "generation", "value": "0"},
+                                       {"key": "parts", "value": json.dumps(PART_ROWS)}])
         if "spectrograms" not in db.table_names():  # in a catalog made before they were stored: from now on
             with db.conn:
                 db["spectrograms"].create({"track_id": int, "frames": int, "bands": int, "block": int,
                                            "data": bytes}, pk="track_id")
+        # `ids_with_hash` (`similar FILE`) looks a file's hash up: an index, added to a catalog made before too
+        db["tracks"].create_index(["hash"], if_not_exists=True)
         if "changes" not in db.table_names():  # a catalog made before it records changes from now on
             with db.conn:
                 db["changes"].create({"generation": int, "track_id": int})
@@ -111,7 +126,10 @@ class Catalog:
         return any(self._packs.values())
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
+        try:
+            row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
+        except sqlite3.OperationalError:  # no `meta` table: a catalog opened read-only before its writer made it
+            return default
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
@@ -175,7 +193,7 @@ class Catalog:
             if rec.status == "indexed":
                 db["latents"].insert({"track_id": track_id, "chunks": len(rec.latents), "samples": rec.samples,
                                       "shape": json.dumps(list(rec.latents.shape[1:])),
-                                      **self._stored("latents", rec)})
+                                      **self._stored("latents", rec, track_id)})
                 db["vectors"].insert({"track_id": track_id, "windows": len(rec.windows),
                                       "dim": rec.windows.shape[1],
                                       "data": rec.windows.astype(np.float16).tobytes(),
@@ -183,7 +201,7 @@ class Catalog:
                 if rec.spectrogram is not None:
                     db["spectrograms"].insert({"track_id": track_id, "frames": len(rec.spectrogram),
                                                "bands": rec.spectrogram.shape[1],
-                                               **self._stored("spectrograms", rec)})
+                                               **self._stored("spectrograms", rec, track_id)})
             self._bump([track_id])
         return track_id
 
@@ -204,6 +222,10 @@ class Catalog:
         for table, key in (("latents", "track_id"), ("vectors", "track_id"), ("spectrograms", "track_id"),
                            ("tracks", "id")):
             self.db.execute(f"delete from {table} where {key} = ?", [track_id])
+        for table, rows in self._part_rows.items():
+            if rows is not None:
+                self.db.execute(f"delete from {table}_parts where part_id between ? and ?",
+                                [part_id(track_id, 1), part_id(track_id + 1, 0) - 1])
 
     def remove(self, track_ids: list[int]) -> int:
         """Delete tracks and everything stored for them; return how many existed."""
@@ -272,13 +294,20 @@ class Catalog:
             return np.zeros((0, bands), np.uint8)
         return self._rows("spectrograms", track_id, first, last, (bands,), np.uint8, block)
 
-    def _stored(self, table: str, rec: TrackRecord) -> dict:
+    def _stored(self, table: str, rec: TrackRecord, track_id: int) -> dict:
         """The `data` (and `block`) of the row of `table` for `rec`: its array packed as `PACKING` says (by
-        `pack_record` before, or here), or raw in a catalog made before arrays were packed."""
+        `pack_record` before, or here), or raw in a catalog made before arrays were packed. The parts after the
+        first go into `{table}_parts`."""
         a = _arrays(rec)[table]
         if not self._packs[table]:
             return {"data": a.tobytes()}
-        return {"block": PACKING[table][0], "data": rec.packed.get(table) or packing.pack(a, *PACKING[table])}
+        rows, parts = self._part_rows[table], rec.packed.get(table)
+        if parts is None or (rows != PART_ROWS[table] and len(a) > min(rows or len(a), PART_ROWS[table])):
+            parts = pack_parts(table, a, rows)  # not packed ahead, or in parts of another size than this catalog's
+        if len(parts) > 1:
+            self.db.conn.executemany(f"insert into {table}_parts (part_id, data) values (?, ?)",
+                                     [(part_id(track_id, i), p) for i, p in enumerate(parts) if i])
+        return {"block": PACKING[table][0], "data": parts[0]}
 
     def _block(self, table: str) -> str:
         """What a select of `table`'s rows reads for their `block`."""
@@ -292,31 +321,43 @@ class Catalog:
 
         Only the bytes of those rows, or of their blocks and offsets, are read: SQLite's incremental blob I/O
         (Python 3.11 on). `substr` reads the whole blob first: 58 ms for 3 s of a 2-hour track's raw latents,
-        against 0.06 ms for 3 s of a song's.
+        against 0.06 ms for 3 s of a song's. Where the rows span parts (`PART_ROWS`), the blobs of all of them
+        are opened before any is read, so that the reads see one moment of the catalog.
         """
+        n = self._part_rows.get(table) or max(last, 1)
+        spans = [(p, max(first, p * n) - p * n, min(last, (p + 1) * n) - p * n) for p in range(first // n,
+                                                                                             -(-last // n))]
         try:
-            with self._blob(table, track_id) as read:
-                if block is None:
-                    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
-                    return np.frombuffer(read(first * size, (last - first) * size), dtype).reshape(-1, *shape)
-                return packing.read_rows(read, first, last, block, dtype, shape, PACKING[table][1])
+            with ExitStack() as stack:
+                reads = [stack.enter_context(self._blob(table, track_id, p)) for p, _, _ in spans]
+                out = []
+                for read, (_, a, b) in zip(reads, spans):
+                    if block is None:
+                        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+                        out.append(np.frombuffer(read(a * size, (b - a) * size), dtype).reshape(-1, *shape))
+                    else:
+                        out.append(packing.read_rows(read, a, b, block, dtype, shape, PACKING[table][1]))
+                return out[0] if len(out) == 1 else np.concatenate(out)
         except (LookupError, ValueError, sqlite3.OperationalError):
             return None
 
     @contextmanager
-    def _blob(self, table: str, track_id: int):
-        """`read(offset, size)` of the `data` blob of a track's row in `table`; LookupError or
-        sqlite3.OperationalError where the row is gone (a blob handle's reads fail once its row is replaced)."""
+    def _blob(self, table: str, track_id: int, part: int = 0):
+        """`read(offset, size)` of the `data` blob of a track's row in `table` (its part `part`: after the first,
+        a row of `{table}_parts`); LookupError or sqlite3.OperationalError where the row is gone (a blob handle's
+        reads fail once its row is replaced)."""
+        table, key, rowid = (table, "track_id", track_id) if part == 0 else (f"{table}_parts", "part_id",
+                                                                              part_id(track_id, part))
         if not hasattr(self.db.conn, "blobopen"):  # Python 3.10
             def read(offset: int, size: int) -> bytes:
-                row = self.db.execute(f"select substr(data, ?, ?) from {table} where track_id = ?",
-                                      [offset + 1, size, track_id]).fetchone()
+                row = self.db.execute(f"select substr(data, ?, ?) from {table} where {key} = ?",
+                                      [offset + 1, size, rowid]).fetchone()
                 if row is None:
                     raise LookupError(track_id)
                 return row[0]
             yield read
             return
-        with self.db.conn.blobopen(table, "data", track_id, readonly=True) as blob:
+        with self.db.conn.blobopen(table, "data", rowid, readonly=True) as blob:
             def read(offset: int, size: int) -> bytes:
                 blob.seek(offset)
                 return blob.read(size)
@@ -379,21 +420,37 @@ class Catalog:
             "tracks": q("select count(*) from tracks where status = 'indexed'"),
             "failed": q("select count(*) from tracks where status = 'failed'"),
             "audio_hours": (q("select coalesce(sum(seconds), 0) from tracks where status = 'indexed'")) / 3600,
-            "latent_bytes": q("select coalesce(sum(length(data)), 0) from latents"),
+            "latent_bytes": self._bytes("latents"),
             "vector_bytes": q("select coalesce(sum(length(data) + length(whole)), 0) from vectors"),
-            "spectrogram_bytes": (q("select coalesce(sum(length(data)), 0) from spectrograms")
-                                  if "spectrograms" in self.db.table_names() else 0),
+            "spectrogram_bytes": self._bytes("spectrograms"),
             "windows": self.window_count(),
         }
+
+    def _bytes(self, table: str) -> int:
+        """The bytes of the arrays stored in `table`, its parts included."""
+        names = self.db.table_names()
+        return sum(self.db.execute(f"select coalesce(sum(length(data)), 0) from {t}").fetchone()[0]
+                   for t in (table, f"{table}_parts") if t in names)
 
     def close(self):
         self.db.conn.close()
 
 
+def part_id(track_id: int, part: int) -> int:
+    """The row id in `{table}_parts` of part `part` (1 on) of a track's array."""
+    return (track_id << _PART_BITS) | part
+
+
+def pack_parts(table: str, a: np.ndarray, rows: int | None) -> list[bytes]:
+    """Array `a` of `table` packed as the catalog stores it: in parts of `rows` rows (None: one part)."""
+    rows = rows or max(len(a), 1)
+    return [packing.pack(a[i:i + rows], *PACKING[table]) for i in range(0, max(len(a), 1), rows)]
+
+
 def pack_record(rec: TrackRecord) -> None:
-    """Pack `rec`'s latents and band energies as the catalog stores them (`rec.packed`): the writer's costliest
-    work (about 2 ms per 30-s track on one core), done wherever the record is made, in parallel."""
-    rec.packed = {t: packing.pack(a, *PACKING[t]) for t, a in _arrays(rec).items() if a is not None}
+    """Pack `rec`'s latents and band energies as a catalog made now stores them (`rec.packed`): the writer's
+    costliest work (about 2 ms per 30-s track on one core), done wherever the record is made, in parallel."""
+    rec.packed = {t: pack_parts(t, a, PART_ROWS[t]) for t, a in _arrays(rec).items() if a is not None}
 
 
 def _arrays(rec: TrackRecord) -> dict[str, np.ndarray | None]:

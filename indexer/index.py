@@ -194,10 +194,10 @@ class Index:
             seen += len(w)
         mean = (total / max(n, 1)).astype(np.float32)
         report("training" if len(rows) else "adding", 0)
-        windows = new_faiss(d, n, self.vectors, centre(np.concatenate(sample).astype(np.float32), mean))
+        windows = new_faiss(d, n, self.vectors, centre(np.concatenate(sample), mean))
         del sample
         for v, ids in _batches(self.catalog.all_vectors(), batch):
-            windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
+            windows.add_with_ids(centre(v, mean), ids)
             report("adding", windows.ntotal)
         return windows, mean
 
@@ -234,7 +234,7 @@ class Index:
             windows.remove_ids(faiss.IDSelectorBatch(gone))  # one pass over the index, however many tracks
         report("updating", windows.ntotal)
         for v, ids in _batches(self.catalog.vectors_of(changed), batch):
-            windows.add_with_ids(centre(v.astype(np.float32), mean), ids)
+            windows.add_with_ids(centre(v, mean), ids)
             report("updating", windows.ntotal)
         return windows, mean
 

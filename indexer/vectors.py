@@ -365,14 +365,24 @@ def split_id(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids >> 20, ids & ((1 << 20) - 1)
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    """float32 torch tensor of numpy array `a`: copied where read-only (as read from a blob), since torch warns
+    of those."""
+    a = np.asarray(a)
+    return torch.as_tensor(a if a.flags.writeable else a.copy(), dtype=torch.float32)
+
+
 def centre(v: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    """Subtract the collection's mean window vector and renormalise `[N, D]`.
+    """Subtract the collection's mean window vector and renormalise `[N, D]` (float16 or 32) -> float32.
 
     Every music window shares a large common part (the spectral tilt); removing
     it spreads the vectors out, so nearest neighbours reflect what differs.
+    In torch: it turns float16 into float32 twice as fast as numpy, and a scan
+    of a 2-hour track's 28,800 stored windows (`Searcher._scan`) took 24-27 ms
+    in numpy, 12-13 ms so (2-core Zen 3 VM).
     """
-    v = v - mean
-    return (v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-8)).astype(np.float32)
+    v = _tensor(v) - _tensor(mean)
+    return (v / (torch.linalg.vector_norm(v, dim=1, keepdim=True) + 1e-8)).numpy()
 
 
 def training_rows(n: int, cfg: VectorConfig) -> np.ndarray:

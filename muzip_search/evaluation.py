@@ -11,9 +11,8 @@ from indexer.audio import AudioError
 from indexer.collection import find_audio
 from indexer.audio import pcm16_to_float
 from indexer.decode import decode_files
-from indexer.catalog import PACKING
+from indexer.catalog import PART_ROWS, pack_parts
 from indexer.encode import decode_latents, encode_signal
-from indexer.packing import pack
 from models import Codec, load_codec, reconstruction_metrics
 
 from .device import pick_device
@@ -81,7 +80,7 @@ def evaluate(root: Path, checkpoints: list[Path], *, device: str = "auto", worke
                 row["duration_ms"] = 1000.0 * seconds * TRACK_SECONDS * rate / len(x)
                 row["seconds"] = len(x) / rate
                 if packed[i] is not None:
-                    packed[i] += len(pack(z.cpu().numpy(), *PACKING["latents"]))
+                    packed[i] += sum(map(len, pack_parts("latents", z.cpu().numpy(), PART_ROWS["latents"])))
                 per_model[i].append(row)
         bar.close()
     rows = []

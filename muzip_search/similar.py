@@ -41,7 +41,7 @@ def _whole(index: Index, d: Decoded) -> np.ndarray:
 
 def _nearest(index: Index, whole: np.ndarray, top: int, leave_out: set[int]) -> list[dict]:
     s = index.searchable()
-    vec = centre(whole[None, :].astype(np.float32), s.track_mean)
+    vec = centre(whole[None, :], s.track_mean)
     sims, ids = s.tracks.search(vec, min(top + len(leave_out), s.tracks.ntotal))
     hits = [(int(i), float(d)) for i, d in zip(ids[0], sims[0]) if i >= 0 and i not in leave_out][:top]
     rows = index.catalog.tracks(i for i, _ in hits)

@@ -44,14 +44,14 @@ def test_train_then_evaluate_through_the_cli(music_dir, tmp_path):
     assert (rows[0]["model"], rows[0]["tracks"], rows[0]["kbps"]) == ("tiny (tiny.pt)", 6, 6.6)
     # its int8 latents as an index stores them: each chunk zstd-compressed
     from indexer.audio import load, pcm16_to_float, to_pcm16
-    from indexer.catalog import PACKING
+    from indexer.catalog import PART_ROWS, pack_parts
     from indexer.collection import find_audio
     from indexer.encode import encode_signal
-    from indexer.packing import pack
     from models import load_codec
     model = load_codec(ckpt, "cpu")
     signals = [pcm16_to_float(to_pcm16(load(f, model.cfg.sample_rate))) for f in find_audio(music_dir)]
-    bits = sum(8 * len(pack(encode_signal(model, x).numpy(), *PACKING["latents"])) for x in signals)
+    bits = sum(8 * len(p) for x in signals for p in pack_parts("latents", encode_signal(model, x).numpy(),
+                                                               PART_ROWS["latents"]))
     assert rows[0]["index_kbps"] == round(bits / (sum(map(len, signals)) / model.cfg.sample_rate) / 1000, 1) < 6.6
 
     plot = tmp_path / "p.png"

@@ -37,8 +37,10 @@ def catalog_rows(index_dir: Path) -> list[tuple]:
     vectors = db.execute("select track_id, windows, dim, data, whole from vectors order by track_id").fetchall()
     spectrograms = db.execute("select track_id, frames, bands, data, block from spectrograms order by track_id"
                               ).fetchall()
+    parts = db.execute("select part_id, data from latents_parts union all select part_id, data from "
+                       "spectrograms_parts order by part_id").fetchall()
     db.close()
-    return tracks + latents + vectors + spectrograms
+    return tracks + latents + vectors + spectrograms + parts
 
 
 @pytest.fixture(scope="module")
@@ -612,6 +614,61 @@ def test_packed_arrays_read_back_whole_and_in_any_stretch():
         read_rows(lambda at, size: (blob[:8] + b"not blocks")[at:at + size], 0, 3, 3, np.uint8, (5,))
 
 
+def test_a_long_track_is_stored_in_parts_and_any_stretch_reads_back(tmp_path, monkeypatch):
+    from indexer import catalog as cat
+    from indexer.catalog import Catalog, TrackRecord, pack_parts, pack_record
+    monkeypatch.setattr(cat, "PART_ROWS", {"latents": 3, "spectrograms": 200})  # as a 2-hour track's, in small
+    rng = np.random.default_rng(5)
+
+    def record(name, chunks, frames):
+        return TrackRecord(path=name, size=1, mtime=0.0, hash=name, status="indexed", seconds=float(chunks),
+                           latents=rng.integers(-128, 128, (chunks, 45, 177)).astype(np.int8), samples=chunks * SR,
+                           windows=np.zeros((4 * chunks, 128), np.float16), whole=np.zeros(90, np.float32),
+                           spectrogram=rng.integers(0, 256, (frames, 48)).astype(np.uint8))
+
+    def part_rows(catalog):
+        return [catalog.db.execute(f"select part_id from {t}_parts order by part_id").fetchall()
+                for t in ("latents", "spectrograms")]
+
+    catalog = Catalog(tmp_path / "catalog.db")
+    assert json.loads(catalog.get_meta("parts")) == {"latents": 3, "spectrograms": 200}
+    long, packed = record("long.mp3", 8, 750), record("packed.mp3", 4, 300)
+    pack_record(packed)  # in parts ahead, as a worker packs it
+    assert [len(packed.packed[t]) for t in ("latents", "spectrograms")] == [2, 2]
+    tid, tid2 = catalog.write(long), catalog.write(packed)
+    # 8 chunks in parts of 3: the first in `latents`, 2 more; 750 frames in parts of 200: 3 more
+    assert part_rows(catalog) == [[((tid << 24) | 1,), ((tid << 24) | 2,), ((tid2 << 24) | 1,)],
+                                  [((tid << 24) | 1,), ((tid << 24) | 2,), ((tid << 24) | 3,), ((tid2 << 24) | 1,)]]
+    for t, r in ((tid, long), (tid2, packed)):
+        n, m = len(r.latents), len(r.spectrogram)
+        for first in range(n):
+            for last in range(first + 1, n + 1):
+                assert np.array_equal(catalog.latents(t, first, last)[0], r.latents[first:last])
+        for first, last in ((0, m), (0, 200), (199, 201), (150, 650), (400, 600), (599, m), (m - 1, m)):
+            assert np.array_equal(catalog.spectrogram(t, first, last), r.spectrogram[first:last])
+    s = catalog.stats()
+    assert s["latent_bytes"] == sum(len(p) for r in (long, packed) for p in pack_parts("latents", r.latents, 3))
+    assert s["spectrogram_bytes"] == sum(len(p) for r in (long, packed)
+                                         for p in pack_parts("spectrograms", r.spectrogram, 200))
+    shorter = record("long.mp3", 2, 150)  # the file changed: re-indexed, shorter, in one part
+    assert catalog.write(shorter) == tid
+    assert part_rows(catalog) == [[((tid2 << 24) | 1,)], [((tid2 << 24) | 1,)]]
+    assert np.array_equal(catalog.latents(tid)[0], shorter.latents)
+    catalog.remove([tid2])
+    assert part_rows(catalog) == [[], []]
+
+    # a catalog made before parts (no `parts` in meta) keeps every array in one row, however long
+    catalog.db.execute("delete from meta where key = 'parts'")
+    catalog.close()
+    catalog = Catalog(tmp_path / "catalog.db")
+    again = record("again.mp3", 8, 750)
+    pack_record(again)
+    tid3 = catalog.write(again)
+    assert part_rows(catalog) == [[], []]
+    assert np.array_equal(catalog.latents(tid3, 2, 7)[0], again.latents[2:7])
+    assert np.array_equal(catalog.spectrogram(tid3, 150, 650), again.spectrogram[150:650])
+
+
 def test_a_catalog_made_before_arrays_were_packed_reads_and_writes_them_raw(tmp_path):
     from indexer.catalog import Catalog, TrackRecord
     rng = np.random.default_rng(3)
@@ -1144,14 +1201,15 @@ def test_a_long_clip_encodes_only_the_chunks_under_its_searched_windows(built, m
 
 
 def test_jobs_run_ahead_on_a_second_thread_change_no_answer(built):
-    # a query's clip is encoded in two halves, its pieces' spectrograms computed while it is pooled, and candidates
-    # re-scored while the one before computes, on a second thread: the same matches and scores as on one, for
-    # clear, noisy and unindexed clips
+    # a query's clip is encoded in two halves, its pieces' spectrograms computed while it is pooled, candidates
+    # re-scored while the one before computes, and a track scanned in two halves, on a second thread: the same
+    # matches and scores as on one, for clear, noisy and unindexed clips
     from indexer.index import Index
     from muzip_search.search import Searcher
     index = Index.open(built[0], readonly=True)
     one, two = Searcher(index, ahead=False), Searcher(index, ahead=True)
     assert one.pool is None and two.pool is not None
+    two.SCAN_SPLIT = 2  # a track's windows scanned in two halves, as a long track's are
     started, submit = [], two.pool.submit
     two.pool.submit = lambda f, *a, **k: started.append(getattr(f, "__name__", "")) or submit(f, *a, **k)
     clips = [cut(2, 1.37, 2.0), cut(5, 0.61, 4.5, noise_db=0, seed=1), cut(9, 0.9, 5.0, noise_db=-3, seed=2),
@@ -1159,4 +1217,4 @@ def test_jobs_run_ahead_on_a_second_thread_change_no_answer(built):
     for x in clips:
         for top, min_score in ((1, None), (3, 0.0)):
             assert two.search(x, top, min_score) == one.search(x, top, min_score)
-    assert {"encode_signal", "_middle", "_rescore"} <= set(started)
+    assert {"encode_signal", "_middle", "_rescore", "<lambda>"} <= set(started)  # (a half of a scan: a lambda)
