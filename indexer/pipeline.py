@@ -41,7 +41,8 @@ class Decoded:
     channels: int | None = None
     seconds: float | None = None
     audio: np.ndarray | None = None   # int16 mono at the model's rate; None if failed or streamed
-    spectrogram: np.ndarray | None = None  # its band energies as the index stores them (`encode_stage` sets them)
+    spectrogram: np.ndarray | None = None  # its band energies as the index stores them (`decode_stage` with `spec`,
+                                           # or else `encode_stage`, sets them)
     stream: bool = False              # too long to hold: the encode stage streams it from disk
     error: AudioError | None = None
     decode_s: float = 0.0             # CPU seconds the decode stage took (in its worker)
@@ -52,8 +53,11 @@ def file_hash(path: Path) -> str:
         return hashlib.file_digest(f, "blake2b").hexdigest()[:32]
 
 
-def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
-    """Decode one file to int16 mono at `sample_rate`; never raises for bad audio."""
+def decode_stage(path: Path, sample_rate: int, min_seconds: float, spec: VectorConfig | None = None) -> Decoded:
+    """Decode one file to int16 mono at `sample_rate`; never raises for bad audio. With `spec`, the index's
+    `VectorConfig`, its band energies as the index stores them too (`stored_energies`, on the CPU), as
+    `encode_stage` would otherwise compute them: where the encoder runs on the CPU, the decoding processes take
+    that work off its process."""
     path = Path(path)
     t0 = time.process_time()
     try:
@@ -70,6 +74,8 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float) -> Decoded:
         x = load(path, sample_rate, min_seconds=min_seconds)
         d.seconds = len(x) / sample_rate
         d.audio = to_pcm16(x)
+        if spec is not None and spec.stored_spec:  # of the samples the encoder gets, as `encode_stage` does
+            d.spectrogram = stored_energies(pcm16_to_float(d.audio), sample_rate, spec)
     except AudioError as err:
         d.error = err
     d.decode_s = time.process_time() - t0
@@ -105,7 +111,7 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
                 d.error = err
             continue
         x = pcm16_to_float(d.audio)
-        if stored:
+        if stored and d.spectrogram is None:  # (not worked out in the decode stage)
             d.spectrogram = stored_energies(x, cfg.sample_rate, spec, device)
         c = cut_chunks(x, cfg.chunk)
         spans.append((i, start, len(c), len(d.audio)))
@@ -170,13 +176,17 @@ def write_stage(catalog: Catalog, rec: TrackRecord) -> int:
 
 
 def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, workers: int,
-                   ahead: int | None = None) -> Iterator[Decoded]:
+                   ahead: int | None = None, spec: VectorConfig | None = None) -> Iterator[Decoded]:
     """The decode stage over many files, in order, in `workers` processes, at most `ahead` files (default: 4 per
-    worker) decoded or decoding past the one taken."""
-    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds) for p in paths], workers, ahead)
+    worker) decoded or decoding past the one taken; with `spec` (and two workers or more), their band energies
+    worked out there too (`decode_stage`)."""
+    spec = spec if workers > 1 else None  # (one worker: decoding runs in this process, on its torch threads)
+    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds, spec) for p in paths], workers, ahead)
 
 
 def _decode_args(a):
+    if a[3] is not None:  # in a decoding process: its torch work on one thread, as each process has one core's share
+        torch.set_num_threads(1)
     return decode_stage(*a)
 
 
@@ -218,8 +228,12 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
         summary.write_s += time.perf_counter() - t1
         pending.clear()
 
-    # two batches ahead: the workers decode the next while the encoder works on one
-    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers)):
+    # two batches ahead: the workers decode the next while the encoder works on one. Where the encoder runs on the
+    # CPU, the workers also work out the band energies the index stores (a third of this process's work on the
+    # benchmark's 401 tracks, and the workers' cores half idle: BENCHMARKS.md, session 23); on a GPU, the device does
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers),
+                            cfg if on_cpu else None):
         pending.append(d)
         if len(pending) >= batch_files:
             flush()

@@ -86,7 +86,8 @@ def _encode_pool_pack(items: list, cfg, meta: dict) -> list:
 
 def test_the_stages_compose_as_a_cluster_runner_maps_them(built, songs_dir, untrained_default, tmp_path):
     """Decoding mapped over files in one pool of processes, encoding, pooling and packing over batches in
-    another whose workers hold the model, and the single writer here: the catalog of `index`, row for row."""
+    another whose workers hold the model, and the single writer here: the catalog of `index`, row for row (whose
+    decoding processes work out the band energies on a CPU; here the encoders do)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from functools import partial
