@@ -273,19 +273,23 @@ def query(
     """Find the tracks a clip comes from and where in each it starts; with --similar, the tracks that sound
     like it too.
 
+    A file longer than 10 minutes is looked up by its first 10 minutes (a note on stderr says so).
+
     Example:  muzip-search query clip.wav other.mp3 --top 3 --json
     Example:  muzip-search query unknown.mp3 --similar 5
     """
-    from indexer.audio import load
     from .reconstruct import reconstruct, write_wav
-    from .search import ClipTooShort, Searcher
+    from .search import CLIP_MAX_S, ClipTooShort, Searcher, load_clip
     from .similar import similar_to_signal
     idx = _open(index_dir, device)
     searcher = Searcher(idx)
     errors = 0
     for clip in clips:
         try:
-            x = load(clip, idx.model.cfg.sample_rate)
+            x, cut = load_clip(clip, idx.model.cfg.sample_rate)
+            if cut:
+                typer.echo(f"note: {clip} is longer than {CLIP_MAX_S / 60:g} minutes: its first {CLIP_MAX_S / 60:g} "
+                           "are searched (cut the part to look up, or use `similar` for a whole file)", err=True)
             matches = searcher.search(x, top=top, min_score=min_score)
         except (AudioError, ClipTooShort) as err:
             errors += 1

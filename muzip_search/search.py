@@ -24,6 +24,20 @@ class ClipTooShort(Exception):
     pass
 
 
+# a clip is looked up by its first 10 minutes at most (`load_clip`): a longer file (a whole mix, a radio show) is not
+# one stretch of one track, and its beginning is what is found; it is decoded no further (a 2-hour file took 2.7 GB
+# and 14 s to load and search whole)
+CLIP_MAX_S = 600.0
+
+
+def load_clip(path: Path, sample_rate: int) -> tuple[np.ndarray, bool]:
+    """A query clip's mono samples at `sample_rate`, its first `CLIP_MAX_S` at most, and whether the file is
+    longer than that (and so was cut)."""
+    limit = int(CLIP_MAX_S * sample_rate)
+    x = load(path, sample_rate, max_seconds=CLIP_MAX_S + 1.0)
+    return x[:limit], len(x) > limit
+
+
 @dataclass
 class Match:
     track_id: int
@@ -584,8 +598,8 @@ class Searcher:
         return tid, begin, max(0.0, min(1.0, inside)) * (spec + w * max(wave, 0.0)) / (1 + w)
 
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
-        x = load(path, self.index.model.cfg.sample_rate)
-        return self.search(x, top, min_score)
+        """`search` of an audio file (its first `CLIP_MAX_S`)."""
+        return self.search(load_clip(path, self.index.model.cfg.sample_rate)[0], top, min_score)
 
 
 @contextmanager

@@ -228,6 +228,23 @@ def test_bad_query_files_get_their_own_error(built, tmp_path):
     assert rows[2]["matches"][0]["track_id"] == 3
 
 
+def test_a_query_file_longer_than_the_limit_is_looked_up_by_its_beginning(built, tmp_path, monkeypatch):
+    from muzip_search import search
+    index_dir, _ = built
+    monkeypatch.setattr(search, "CLIP_MAX_S", 2.0)  # (10 minutes)
+    sf.write(tmp_path / "long.wav", cut(7, 1.2, 3.5), SR)
+    sf.write(tmp_path / "fits.wav", cut(7, 1.2, 2.0), SR)
+    result = cli("query", tmp_path / "long.wav", tmp_path / "fits.wav", "--index", index_dir, "--json", "--top", "1")
+    assert result.exit_code == 0
+    assert result.stderr == (f"note: {tmp_path / 'long.wav'} is longer than 0.0333333 minutes: its first 0.0333333 "
+                             "are searched (cut the part to look up, or use `similar` for a whole file)\n")
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert list(rows[0]) == ["query", "matches"]  # the shape as ever
+    assert rows[0]["matches"] == rows[1]["matches"]  # its first 2 s: the same clip as the file of 2 s
+    assert [(m["track_id"], round(m["offset_s"], 1)) for m in rows[0]["matches"]] == [(7, 1.2)]
+    assert search.load_clip(tmp_path / "long.wav", SR)[0].shape == (2 * SR,)
+
+
 def test_reconstruct_decodes_the_stored_span(built, tmp_path, untrained_default):
     import torch
 
