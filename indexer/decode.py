@@ -20,8 +20,10 @@ def _decode_one(args) -> tuple[Path, np.ndarray | AudioError]:
         return path, err
 
 
-def parallel_map(fn: Callable, jobs: list, workers: int | None = None, ahead: int | None = None) -> Iterator:
-    """`map(fn, jobs)` in `workers` processes (default: one per core), results in order of `jobs`.
+def parallel_map(fn: Callable, jobs: list, workers: int | None = None, ahead: int | None = None,
+                 initializer: Callable | None = None) -> Iterator:
+    """`map(fn, jobs)` in `workers` processes (default: one per core), results in order of `jobs`; each process
+    runs `initializer` first (not this one, where one worker or one job runs `fn` here).
 
     At most `ahead` jobs (default: 4 per worker) are handed out past the result the caller has reached, so the
     workers keep busy while the caller works on it, and their results wait in memory only that far ahead.
@@ -33,7 +35,7 @@ def parallel_map(fn: Callable, jobs: list, workers: int | None = None, ahead: in
         yield from map(fn, jobs)
         return
     todo = iter(jobs)
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, initializer=initializer) as pool:
         running = deque(pool.submit(fn, job) for job in islice(todo, ahead or 4 * workers))
         try:
             while running:

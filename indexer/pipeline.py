@@ -180,13 +180,13 @@ def decoded_stream(paths: list[Path], sample_rate: int, min_seconds: float, work
     """The decode stage over many files, in order, in `workers` processes, at most `ahead` files (default: 4 per
     worker) decoded or decoding past the one taken; with `spec` (and two workers or more), their band energies
     worked out there too (`decode_stage`)."""
-    spec = spec if workers > 1 else None  # (one worker: decoding runs in this process, on its torch threads)
-    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds, spec) for p in paths], workers, ahead)
+    spec = spec if workers > 1 else None  # (one worker: decoding runs in this process)
+    # a decoding process's torch work on one thread: each process has one core's share
+    yield from parallel_map(_decode_args, [(p, sample_rate, min_seconds, spec) for p in paths], workers, ahead,
+                            initializer=functools.partial(torch.set_num_threads, 1))
 
 
 def _decode_args(a):
-    if a[3] is not None:  # in a decoding process: its torch work on one thread, as each process has one core's share
-        torch.set_num_threads(1)
     return decode_stage(*a)
 
 

@@ -163,3 +163,33 @@ def test_workers_run_only_so_far_ahead_of_the_caller_and_keep_the_order(tmp_path
         assert started <= k + 1 + 5  # this result, and at most 5 more handed out
         got.append(square)
     assert got == [k * k for k in range(40)] and len(list(tmp_path.iterdir())) == 40
+
+
+def test_read_ahead_keeps_the_order_raises_in_turn_and_stops_with_the_caller():
+    import threading
+
+    from indexer.encode import read_ahead
+    assert list(read_ahead(iter(range(50)), 2)) == list(range(50))
+
+    def broken():
+        yield from (1, 2)
+        raise AudioError("x.mp3", "corrupt", "after 2.0 s")
+    got = []
+    with pytest.raises(AudioError, match="after 2.0 s"):
+        for x in read_ahead(broken()):
+            got.append(x)
+    assert got == [1, 2]  # what came before the error, first
+
+    made, closed = [], threading.Event()
+
+    def endless():
+        try:
+            for k in range(10_000):
+                made.append(k)
+                yield k
+        finally:
+            closed.set()  # (the producer closes its source)
+    for x in read_ahead(endless(), 2):
+        if x == 3:
+            break  # the generator's end stops the producer at its next item
+    assert closed.wait(5) and len(made) <= 8

@@ -84,6 +84,32 @@ def _encode_pool_pack(items: list, cfg, meta: dict) -> list:
     return [record(d, e, _MODEL, cfg, meta.get(fma_id(d.path))) for d, e in zip(items, encoded)]
 
 
+def test_decoding_works_out_band_energies_and_leaves_this_processs_threads(tmp_path):
+    # with the index's VectorConfig, the decode stage gives the band energies the encode stage would; decoding
+    # processes run their torch work on one thread each, and one file is decoded here, on this process's threads
+    import torch
+
+    from indexer.audio import load, pcm16_to_float, to_pcm16
+    from indexer.pipeline import decoded_stream
+    from indexer.vectors import VectorConfig, stored_energies
+    paths = []
+    for k in range(3):
+        paths.append(tmp_path / f"{k}.wav")
+        sf.write(paths[-1], song(2.5, seed=k), SR)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for some in (paths, paths[:1]):  # in two processes; here
+            got = list(decoded_stream(some, SR, 1.0, workers=2, spec=VectorConfig()))
+            assert torch.get_num_threads() == 2
+            for d, p in zip(got, some):
+                want = stored_energies(pcm16_to_float(to_pcm16(load(p, SR))), SR, VectorConfig())
+                assert np.array_equal(d.spectrogram, want)
+        assert all(d.spectrogram is None for d in decoded_stream(paths, SR, 1.0, workers=2))  # (no `spec`)
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_the_stages_compose_as_a_cluster_runner_maps_them(built, songs_dir, untrained_default, tmp_path):
     """Decoding mapped over files in one pool of processes, encoding, pooling and packing over batches in
     another whose workers hold the model, and the single writer here: the catalog of `index`, row for row (whose
