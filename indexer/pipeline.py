@@ -230,7 +230,8 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
 
     # two batches ahead: the workers decode the next while the encoder works on one. Where the encoder runs on the
     # CPU, the workers also work out the band energies the index stores (a third of this process's work on the
-    # benchmark's 401 tracks, and the workers' cores half idle: BENCHMARKS.md, session 23); on a GPU, the device does
+    # benchmark's 401 tracks, while decoding is the lighter share: BENCHMARKS.md, session 23); on a GPU, the device
+    # does
     on_cpu = next(model.parameters()).device.type == "cpu"
     for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers, max(2 * batch_files, 4 * workers),
                             cfg if on_cpu else None):

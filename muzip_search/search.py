@@ -382,7 +382,8 @@ class Searcher:
         start already tried are returned, best first.
 
         A long track's windows are compared in two halves, one on the second
-        thread where there is one: a 2-hour track's, 23 -> 13 ms.
+        thread where there is one: a 2-hour track's 28,800 took about 24 ms
+        to read, centre and compare on one thread (BENCHMARKS.md, session 23).
         """
         w = self.index.catalog.window_vectors(tid)
         if w is None:
