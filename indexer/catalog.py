@@ -84,8 +84,10 @@ class Catalog:
             self._create()
         # which tables store arrays packed: those of a catalog made before that have no `block` column, and the
         # column is not added, since SQLite reads a row's columns after a blob only by walking the blob's pages
-        self._packs = {t: t in self.db.table_names() and "block" in self.db[t].columns_dict for t in PACKING}
-        parts = json.loads(self.get_meta("parts") or "{}")  # (read-only, a catalog not created yet: none)
+        names = self.db.table_names()
+        self._packs = {t: t in names and "block" in self.db[t].columns_dict for t in PACKING}
+        # (opened read-only before its writer made its tables: none)
+        parts = json.loads(self.get_meta("parts") or "{}") if "meta" in names else {}
         self._part_rows = {t: parts.get(t) for t in PACKING if self._packs[t]}  # None: one part
 
     def _create(self):
@@ -126,10 +128,7 @@ class Catalog:
         return any(self._packs.values())
 
     def get_meta(self, key: str, default: str | None = None) -> str | None:
-        try:
-            row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
-        except sqlite3.OperationalError:  # no `meta` table: a catalog opened read-only before its writer made it
-            return default
+        row = self.db.execute("select value from meta where key = ?", [key]).fetchone()
         return row[0] if row else default
 
     def set_meta(self, key: str, value: str) -> None:
