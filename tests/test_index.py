@@ -110,6 +110,32 @@ def test_decoding_works_out_band_energies_and_leaves_this_processs_threads(tmp_p
         torch.set_num_threads(before)
 
 
+def test_the_writer_thread_writes_in_order_and_a_failure_in_it_stops_the_run(untrained_default, tmp_path,
+                                                                               monkeypatch):
+    # pooling and writing run on a second thread, one batch behind the encoder: tracks are written in the files'
+    # order, and an error there comes out of `run` once the batch is given up, the tracks before it kept
+    from indexer import pipeline
+    from indexer.index import Index
+    paths = []
+    for k in range(7):
+        paths.append(tmp_path / f"{k}.wav")
+        sf.write(paths[-1], song(2.0, seed=k), SR)
+    index = Index.open(tmp_path / "index", checkpoint=untrained_default, create=True)
+    write_stage = pipeline.write_stage
+
+    def full_disk(catalog, rec):
+        if rec.path.endswith("5.wav"):
+            raise sqlite3.OperationalError("database or disk is full")
+        return write_stage(catalog, rec)
+    monkeypatch.setattr(pipeline, "write_stage", full_disk)
+    seen = []
+    with pytest.raises(sqlite3.OperationalError, match="disk is full"):
+        pipeline.run(index.catalog, index.model, paths, index.vectors, workers=1, batch_files=2,
+                     on_file=lambda d, rec: seen.append(Path(rec.path).name))
+    assert seen == [f"{k}.wav" for k in range(5)]
+    assert sorted(index.catalog.known()) == sorted(str(p) for p in paths[:5])
+
+
 def test_the_stages_compose_as_a_cluster_runner_maps_them(built, songs_dir, untrained_default, tmp_path):
     """Decoding mapped over files in one pool of processes, encoding, pooling and packing over batches in
     another whose workers hold the model, and the single writer here: the catalog of `index`, row for row (whose
