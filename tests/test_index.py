@@ -196,6 +196,36 @@ def test_query_finds_the_track_and_offset(built, tmp_path, noise_db):
     assert max(errors) < 0.02, errors  # within a few latent frames (5.7 ms each)
 
 
+def test_a_quiet_recording_is_searched_raised_to_musics_level_and_scores_as_the_loud_one(built, monkeypatch):
+    # the codec's int8 latents hold little of a clip 30 dB down: searched as it is, it finds nothing
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    loud = [searcher.search(cut(*case), top=1)[0] for case in CASES]
+    quiet = [cut(*case) * np.float32(10 ** (-30 / 20)) for case in CASES]
+    got = [searcher.search(x, top=1)[0] for x in quiet]
+    assert [(m.track_id, m.offset_s, m.score) for m in got] == [(m.track_id, m.offset_s, m.score) for m in loud]
+    monkeypatch.setattr(Searcher, "QUIET_DB", -300.0)  # never raised
+    assert [searcher.search(x, top=1) for x in quiet] == [[]] * len(CASES)
+
+
+def test_a_quiet_track_is_found_at_its_own_level_in_one_search(untrained_default, tmp_path, monkeypatch):
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    music = tmp_path / "music"
+    music.mkdir()
+    for k in range(4):  # the last two stored 30 dB down
+        sf.write(music / f"{k}.flac", song(6.0, seed=300 + k) * np.float32(10 ** (-30 / 20) if k >= 2 else 1.0), SR)
+    assert cli("index", music, "--checkpoint", untrained_default, "--index", tmp_path / "index").exit_code == 0
+    searcher = Searcher(Index.open(tmp_path / "index", readonly=True))
+    ids = {Path(r["path"]).name: r["id"] for r in searcher.index.catalog.db["tracks"].rows}
+    searches = []
+    monkeypatch.setattr(searcher, "_search_as", lambda x, *a, _f=searcher._search_as: searches.append(1) or _f(x, *a))
+    x = song(6.0, seed=303)[int(1.7 * SR):int(4.7 * SR)] * np.float32(10 ** (-30 / 20))
+    assert [(m.track_id, m.offset_s) for m in searcher.search(x, top=1)] == [(ids["3.flac"], 1.7)]
+    assert len(searches) == 1  # found as it is: not searched again raised
+
+
 @pytest.mark.parametrize("built_in, searched_in", [("float32", "float32"), ("bfloat16", "bfloat16"),
                                                    ("float32", "bfloat16"), ("bfloat16", "float32")])
 def test_an_index_built_and_searched_in_either_precision_finds_track_and_offset(untrained_default, tmp_path,
