@@ -248,16 +248,13 @@ def run(catalog: Catalog, model: Codec, paths: list[Path], cfg: VectorConfig, *,
     # the next: on 2 cores, about 9 % faster on the 401 tracks (8 runs of 9 in turn with the code before; BENCHMARKS.md,
     # session 24)
     on_cpu = next(model.parameters()).device.type == "cpu"
+    # (on the way out with an error, or Ctrl-C, leaving the block waits for the batch being written)
     with ThreadPoolExecutor(1, "muzip-writer") as writer:
-        try:
-            for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers,
-                                    max(2 * batch_files, 4 * workers), cfg if on_cpu else None):
-                pending.append(d)
-                if len(pending) >= batch_files:
-                    flush()
-            flush()
-            wait()
-        finally:  # on the way out with an error (or Ctrl-C): the batch being written is finished first
-            for f in writing:
-                f.exception()
+        for d in decoded_stream(paths, model.cfg.sample_rate, min_seconds, workers,
+                                max(2 * batch_files, 4 * workers), cfg if on_cpu else None):
+            pending.append(d)
+            if len(pending) >= batch_files:
+                flush()
+        flush()
+        wait()  # (its error, if any, raised here)
     return summary
