@@ -36,6 +36,12 @@ halves the held-out songs for that (`heldout_a`, `heldout_b`):
     python benchmarks/search_bench.py /tmp/corpus/train --unseen /tmp/corpus/heldout_a \
         --unindexed /tmp/corpus/heldout_b
 
+With `--level-db L`, the corpus's files are indexed as copies L dB down (16-bit FLAC: a collection mastered
+or recorded quietly), and the queries are cut from those copies, at their level; the JSON then also gives
+`reconstruction_snr_db`, how near `reconstruct` brings 20 of the tracks back to their files:
+
+    python benchmarks/search_bench.py /tmp/corpus/train --level-db -30 --lengths 2,5
+
 With `--decoys K`, K speed-changed copies of every indexed track (as a tape
 played 0.85 to 1.15 times as fast: tempo and pitch move together) are added to
 the index before the queries, which all come from the real tracks: music-like
@@ -61,9 +67,11 @@ from indexer.index import Index  # noqa: E402
 from indexer.vectors import align  # noqa: E402
 from muzip_search.device import pick_device  # noqa: E402
 from muzip_search.indexing import index_folder  # noqa: E402
+from muzip_search.reconstruct import reconstruct  # noqa: E402
 from muzip_search.search import Searcher  # noqa: E402
 
 import numpy as np  # noqa: E402  (after `models`, which sets OpenMP's and OpenBLAS's threading before they load)
+import soundfile as sf  # noqa: E402
 import torch  # noqa: E402
 
 TOLERANCE_S = 0.25
@@ -103,6 +111,28 @@ def add_decoys(index_dir: Path, k: int, device) -> dict:
            "faiss_build_s": round(time.perf_counter() - t0, 1)}
     index.close()
     return out
+
+
+def quieter_copies(corpus: Path, level_db: float, out: Path) -> Path:
+    """The audio files under `corpus` as 16-bit FLAC copies `level_db` dB down, under `out` (same relative paths,
+    same rates and channels)."""
+    gain = np.float32(10 ** (level_db / 20))
+    for f in find_audio(corpus):
+        x, sr = sf.read(f, dtype="float32", always_2d=True)
+        dest = (out / f.relative_to(corpus)).with_suffix(".flac")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(dest, x * gain, sr, subtype="PCM_16")
+    return out
+
+
+def reconstruction_snr(index: Index, rows: list[dict], sr: int, cache: dict[str, np.ndarray], n: int = 20) -> float:
+    """The median SNR (dB) of `reconstruct` against the file, over the first 10 s of `n` of the tracks `rows`."""
+    snrs = []
+    for row in rows[:: max(1, len(rows) // n)][:n]:
+        x = loaded(cache, row["path"], sr)[: 10 * sr]
+        y = reconstruct(index, row["id"], 0.0, len(x) / sr)
+        snrs.append(10 * np.log10(np.sum(x.astype(np.float64) ** 2) / max(np.sum((x - y) ** 2.0), 1e-30)))
+    return round(float(np.median(snrs)), 2)
 
 
 def dir_bytes(d: Path) -> int:
@@ -228,6 +258,8 @@ def main():
     ap.add_argument("--unindexed", type=Path, help="folder of music not in the index, for the false-match rate")
     ap.add_argument("--unseen", type=Path,
                     help="folder of music the codec was not trained on, indexed too; its hit rates are given apart")
+    ap.add_argument("--level-db", type=float, default=0.0,
+                    help="index the corpus as copies this many dB down, and cut the queries from them")
     ap.add_argument("--decoys", type=int, default=0, help="speed-changed copies of every track added to the index")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -241,6 +273,8 @@ def main():
     elif index_dir.exists():
         shutil.rmtree(index_dir)
     try:
+        if args.level_db:
+            args.corpus = quieter_copies(args.corpus, args.level_db, Path(tempfile.mkdtemp(prefix="muzip-quiet-")))
         report = index_folder(args.corpus, index_dir, checkpoint=args.checkpoint, workers=args.workers,
                               device=args.device, progress=True)
         if args.unseen:
@@ -269,6 +303,9 @@ def main():
         cache: dict[str, np.ndarray] = {}
 
         searcher.search(loaded(cache, rows[0]["path"], sr)[: 2 * sr])  # warm up (FAISS load)
+        if args.level_db:
+            out["level_db"] = args.level_db
+            out["reconstruction_snr_db"] = reconstruction_snr(index, rows, sr, cache)
         # the unseen folder's tracks apart: a path is stored under its indexed folder resolved, the file not
         unseen_dir = args.unseen.resolve() if args.unseen else None
         seen, unseen_rows = [], []
@@ -288,6 +325,8 @@ def main():
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+        if args.level_db:
+            shutil.rmtree(args.corpus, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -164,6 +164,24 @@ def pcm16_to_float(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32) / PCM16_SCALE
 
 
+# music recorded or mastered quietly keeps little in the codec's int8 latents, so its vectors point nowhere: the
+# benchmark's clips 30 dB down were found 2-4 % of the time (BENCHMARKS.md, session 24). A signal whose peak is under
+# QUIET_DB (dBFS) is raised to a peak of LIFT_DB, music's own level, before it is encoded: a quiet track when it is
+# indexed (its gain stored, which reconstruction undoes), a quiet clip when it is not found as it is. Under SILENT_DB
+# nothing is raised: a file's dither or hiss, not music
+QUIET_DB, LIFT_DB, SILENT_DB = -15.0, -3.0, -60.0
+
+
+def raise_quiet(x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(Signal `x` raised to a peak of `LIFT_DB` where its peak lies between `SILENT_DB` and `QUIET_DB`, else `x`
+    itself; the gain, 1.0 where it is not raised)."""
+    peak = float(np.abs(x).max()) if len(x) else 0.0
+    if not 10 ** (SILENT_DB / 20) <= peak < 10 ** (QUIET_DB / 20):
+        return x, 1.0
+    gain = 10 ** (LIFT_DB / 20) / peak
+    return x * np.float32(gain), gain
+
+
 def to_mono(x: np.ndarray) -> np.ndarray:
     """`[T, C]` -> `[T]`: the mean of the channels, the same to the bit as `x.mean(axis=1)`, summed channel by
     channel: numpy's mean over an axis of 2 took 18 ms for 30 s of stereo, a third of decoding an MP3."""

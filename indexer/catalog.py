@@ -2,7 +2,8 @@
 
 Tables:
 - `tracks`: one row per file seen (path, size, mtime, content hash, duration,
-  original rate and channels, FMA metadata, status `indexed` or `failed` + reason).
+  original rate and channels, FMA metadata, status `indexed` or `failed` + reason,
+  and `gain`: what a quiet track was raised by before it was encoded, `audio.raise_quiet`).
 - `latents`: each indexed track's int8 latents `[N, C, F]`, enough to decode any second.
 - `vectors`: each track's window vectors `[W, D]` (float16) and whole-track vector.
 - `spectrograms`: each indexed track's band energies `[T, bands]` (uint8, `vectors.stored_energies`), which
@@ -64,6 +65,7 @@ class TrackRecord:
     whole: np.ndarray | None = None     # float32 [D2]
     spectrogram: np.ndarray | None = None  # uint8 [T, bands] (`vectors.stored_energies`), where the index stores them
     wanted_id: int | None = None        # FMA id from the file name, if any
+    gain: float | None = None           # what the stored audio was raised by (`audio.raise_quiet`), where indexed
     packed: dict[str, list[bytes]] = field(default_factory=dict)  # table -> its array packed, part by part
                                                     # (`pack_record`), by a stage before the writer, which only inserts
 
@@ -98,7 +100,8 @@ class Catalog:
                 db["tracks"].create({
                     "id": int, "path": str, "size": int, "mtime": float, "hash": str, "status": str,
                     "reason": str, "seconds": float, "sample_rate": int, "channels": int, "title": str,
-                    "artist": str, "album": str, "genre": str, "chunks": int, "indexed_at": float}, pk="id")
+                    "artist": str, "album": str, "genre": str, "chunks": int, "indexed_at": float,
+                    "gain": float}, pk="id")
                 db["tracks"].create_index(["path"], unique=True)
                 db["latents"].create({"track_id": int, "chunks": int, "samples": int, "shape": str,
                                       "block": int, "data": bytes}, pk="track_id")
@@ -113,6 +116,8 @@ class Catalog:
             with db.conn:
                 db["spectrograms"].create({"track_id": int, "frames": int, "bands": int, "block": int,
                                            "data": bytes}, pk="track_id")
+        if "gain" not in db["tracks"].columns_dict:  # a catalog made before quiet tracks were raised: its tracks
+            db["tracks"].add_column("gain", float)   # were stored as they were (`track_gain` 1.0)
         # `ids_with_hash` (`similar FILE`) looks a file's hash up: an index, added to a catalog made before too
         db["tracks"].create_index(["hash"], if_not_exists=True)
         if "changes" not in db.table_names():  # a catalog made before it records changes from now on
@@ -188,7 +193,8 @@ class Catalog:
                 "status": rec.status, "reason": rec.reason, "seconds": rec.seconds,
                 "sample_rate": rec.sample_rate, "channels": rec.channels, "title": rec.title,
                 "artist": rec.artist, "album": rec.album, "genre": rec.genre,
-                "chunks": None if rec.latents is None else len(rec.latents), "indexed_at": time.time()})
+                "chunks": None if rec.latents is None else len(rec.latents), "indexed_at": time.time(),
+                "gain": rec.gain})
             if rec.status == "indexed":
                 db["latents"].insert({"track_id": track_id, "chunks": len(rec.latents), "samples": rec.samples,
                                       "shape": json.dumps(list(rec.latents.shape[1:])),
@@ -362,6 +368,15 @@ class Catalog:
                 return blob.read(size)
             yield read
 
+    def track_gain(self, track_id: int) -> float:
+        """What a stored track's audio was raised by before it was encoded (`audio.raise_quiet`): 1.0 where it was
+        not, or the catalog was made before quiet tracks were raised."""
+        try:
+            row = self.db.execute("select gain from tracks where id = ?", [track_id]).fetchone()
+        except sqlite3.OperationalError:  # made before, opened read-only: no such column
+            return 1.0
+        return row[0] if row and row[0] is not None else 1.0
+
     def track_samples(self, track_id: int) -> int | None:
         """A stored track's length in samples at the model's rate; None if it is not stored."""
         row = self.db.execute("select samples from latents where track_id = ?", [track_id]).fetchone()
@@ -423,7 +438,15 @@ class Catalog:
             "vector_bytes": q("select coalesce(sum(length(data) + length(whole)), 0) from vectors"),
             "spectrogram_bytes": self._bytes("spectrograms"),
             "windows": self.window_count(),
+            "raised": self._raised(),
         }
+
+    def _raised(self) -> int:
+        """How many indexed tracks were stored raised (`track_gain`): none in a catalog made before that."""
+        try:
+            return self.db.execute("select count(*) from tracks where status = 'indexed' and gain != 1").fetchone()[0]
+        except sqlite3.OperationalError:  # made before, opened read-only: no such column
+            return 0
 
     def _bytes(self, table: str) -> int:
         """The bytes of the arrays stored in `table`, its parts included."""

@@ -19,7 +19,7 @@ import torch
 
 from models import Codec, compute_dtype
 
-from .audio import AudioError, info, load, pcm16_to_float, to_pcm16
+from .audio import AudioError, info, load, pcm16_to_float, raise_quiet, to_pcm16
 from .audio import chunks as cut_chunks
 from .catalog import Catalog, TrackRecord, pack_record
 from .decode import parallel_map
@@ -41,7 +41,9 @@ class Decoded:
     sample_rate: int | None = None
     channels: int | None = None
     seconds: float | None = None
-    audio: np.ndarray | None = None   # int16 mono at the model's rate; None if failed or streamed
+    audio: np.ndarray | None = None   # int16 mono at the model's rate, times `gain`; None if failed or streamed
+    gain: float = 1.0                 # what the audio was raised by (`audio.raise_quiet`: a quiet track; the catalog
+                                      # stores it, and reconstruction undoes it); 1.0 for a streamed file
     spectrogram: np.ndarray | None = None  # its band energies as the index stores them (`decode_stage` with `spec`,
                                            # or else `encode_stage`, sets them)
     stream: bool = False              # too long to hold: the encode stage streams it from disk
@@ -74,6 +76,7 @@ def decode_stage(path: Path, sample_rate: int, min_seconds: float, spec: VectorC
             return d
         x = load(path, sample_rate, min_seconds=min_seconds)
         d.seconds = len(x) / sample_rate
+        x, d.gain = raise_quiet(x)
         d.audio = to_pcm16(x)
         if spec is not None and spec.stored_spec:  # of the samples the encoder gets, as `encode_stage` does
             d.spectrogram = stored_energies(pcm16_to_float(d.audio), sample_rate, spec)
@@ -152,6 +155,7 @@ def record(d: Decoded, encoded: tuple[np.ndarray, int] | None, model: Codec, cfg
         return rec
     rec.windows, rec.whole = pool_stage(model, latents, samples, cfg, d.spectrogram)
     rec.status, rec.latents, rec.samples, rec.spectrogram = "indexed", latents, samples, d.spectrogram
+    rec.gain = d.gain
     if pack:
         pack_record(rec)  # here, not in the single writer
     return rec

@@ -15,13 +15,17 @@ class NotInIndex(Exception):
 
 
 def reconstruct(index: Index, track_id: int, start_s: float = 0.0, end_s: float | None = None) -> np.ndarray:
-    """Mono float32 `[T]` of seconds [start_s, end_s) of a stored track, decoded from its latents."""
+    """Mono float32 `[T]` of seconds [start_s, end_s) of a stored track, decoded from its latents, at the level of
+    its file (a quiet track is stored raised: `Catalog.track_gain`)."""
     start, end = span_samples(index, track_id, start_s, end_s)
-    return _decode(index, track_id, start, end)
+    y = _decode(index, track_id, start, end)
+    gain = index.catalog.track_gain(track_id)
+    return y / np.float32(gain) if gain != 1.0 else y
 
 
 class Spans:
-    """`reconstruct` for one query's many re-scores: each track's decoded stretch is kept, so a second look at
+    """`reconstruct` for one query's many re-scores, at the level the track is stored at (re-scoring's correlations
+    do not depend on it): each track's decoded stretch is kept, so a second look at
     it (the same candidate on more of the clip, or after a cheap check of its waveform) decodes only the part
     not decoded yet. Decoding is frame by frame, so a stretch decoded in parts holds the same samples up to
     float32's rounding (3e-7 apart at most on a Zen 3 VM: the convolutions' kernels depend on how many frames

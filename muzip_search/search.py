@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from indexer.audio import AudioError, load
+from indexer.audio import AudioError, load, raise_quiet
 from indexer.encode import encode_signal
 from indexer.index import Index
 from indexer.vectors import (N_FFT, VectorConfig, align, band_energies, band_spectrogram, centre, energies_of,
@@ -106,12 +106,6 @@ class Searcher:
     """
 
     SCAN_SPLIT = 4096  # `_scan` splits a track of this many windows (17 minutes) or more over the two threads
-    # a clip recorded quietly loses what the codec's int8 latents hold (the benchmark's clean 5-s clips 20 dB down
-    # were found 73 % of the time, 30 dB down 4 %: BENCHMARKS.md, session 24): one whose peak is under QUIET_DB
-    # (dBFS), where it is not found as it is by the default threshold (a quiet passage of a track is stored quiet,
-    # and found so), is searched again raised to a peak of LIFT_DB, music's level, and the better best match is
-    # given: 20-40 dB down, 97-100 %; of the benchmark's 1,500 clips of indexed tracks, 8 searched twice
-    QUIET_DB, LIFT_DB = -15.0, -3.0
 
     def __init__(self, index: Index, threads: int | None = 1, ivf_threads: int | None = None,
                  ahead: bool | None = None):
@@ -153,20 +147,24 @@ class Searcher:
 
         Matches scoring under `min_score` are left out; by default, those that
         `accepts()` does not take (the no-match threshold), so a clip of unknown
-        music gets `[]`. A quiet clip may be searched twice (`QUIET_DB`).
+        music gets `[]`.
+
+        A quiet clip (`audio.raise_quiet`) that is not found as it is by the default threshold is searched again
+        raised to music's level, and the better best match is given: a quiet passage of a loud track is stored
+        quiet, and found as it is; a quiet track is stored raised (`Catalog.track_gain`), and so is a clip of it
+        found (the benchmark's clips 20-40 dB down: 97-100 %, against 0-73 % as they are; BENCHMARKS.md, session
+        24). Of the benchmark's 1,500 clips of indexed tracks, 8 are searched twice.
         """
         found = self._search_as(x, top, min_score)
-        if (gain := self._lift(x)) is not None and (not found or not found[0].clear):
-            lifted = self._search_as(x * gain, top, min_score)  # (re-scoring does not depend on the clip's gain)
-            if lifted and (not found or lifted[0].score > found[0].score):
-                return lifted
+        if not found or not found[0].clear:
+            raised, gain = self.raise_quiet(x)
+            if gain != 1.0:
+                lifted = self._search_as(raised, top, min_score)  # (re-scores do not depend on the clip's gain)
+                if lifted and (not found or lifted[0].score > found[0].score):
+                    return lifted
         return found
 
-    def _lift(self, x: np.ndarray) -> np.float32 | None:
-        """The gain that raises clip `x` to a peak of `LIFT_DB` where its peak is under `QUIET_DB` (and it is not
-        digital silence); else None."""
-        peak = float(np.abs(x).max()) if len(x) else 0.0
-        return np.float32(10 ** (self.LIFT_DB / 20) / peak) if 0.0 < peak < 10 ** (self.QUIET_DB / 20) else None
+    raise_quiet = staticmethod(raise_quiet)  # (a test may turn it off)
 
     def _search_as(self, x: np.ndarray, top: int, min_score: float | None) -> list[Match]:
         """`search` of clip `x` at the level it has."""

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import numpy as np
 
-from indexer.audio import to_pcm16
+from indexer.audio import raise_quiet, to_pcm16
 from indexer.index import Index
 from indexer.pipeline import Decoded, decode_stage, encode_stage, pool_stage
 from indexer.vectors import centre
@@ -25,8 +25,10 @@ def similar_to_file(index: Index, path: Path, top: int = 5) -> list[dict]:
 
 
 def similar_to_signal(index: Index, x: np.ndarray, top: int = 5) -> list[dict]:
-    """`similar_to_file` for a mono signal `[T]` at the model's rate (a query's clip, of a second or more)."""
-    d = Decoded(Path(), 0, 0.0, "", seconds=len(x) / index.model.cfg.sample_rate, audio=to_pcm16(x))
+    """`similar_to_file` for a mono signal `[T]` at the model's rate (a query's clip, of a second or more), a quiet
+    one raised to music's level as indexing raises a quiet track (`decode_stage`)."""
+    x, gain = raise_quiet(x)
+    d = Decoded(Path(), 0, 0.0, "", seconds=len(x) / index.model.cfg.sample_rate, audio=to_pcm16(x), gain=gain)
     return _nearest(index, _whole(index, d), top, set())
 
 
@@ -56,6 +58,7 @@ def index_stats(index: Index) -> dict:
         "tracks": st["tracks"],
         "audio_hours": round(hours, 4),
         "failed": st["failed"],
+        "raised_tracks": st["raised"],  # quiet tracks stored raised to music's level (`Catalog.track_gain`)
         "windows": st["windows"],
         "latent_bytes": st["latent_bytes"],
         "vector_bytes": st["vector_bytes"],

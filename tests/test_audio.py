@@ -193,3 +193,15 @@ def test_read_ahead_keeps_the_order_raises_in_turn_and_stops_with_the_caller():
         if x == 3:
             break  # the generator's end stops the producer at its next item
     assert closed.wait(5) and len(made) <= 8
+
+
+def test_only_a_quiet_signal_is_raised_to_musics_level():
+    from indexer.audio import raise_quiet
+    x = np.array([0.01, -0.05, 0.02], np.float32)  # peak -26 dBFS
+    y, gain = raise_quiet(x)
+    assert gain == pytest.approx(10 ** (-3 / 20) / 0.05) and y.dtype == np.float32
+    assert np.allclose(y, [0.1416, -0.7079, 0.2832], atol=1e-4)
+    # at music's level already (-6 dBFS), digital silence, dither (-86 dBFS), nothing: as they are
+    for z in (x * 10, np.zeros(3, np.float32), x / 1000, np.zeros(0, np.float32)):
+        same, gain = raise_quiet(z)
+        assert same is z and gain == 1.0

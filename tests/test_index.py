@@ -205,25 +205,66 @@ def test_a_quiet_recording_is_searched_raised_to_musics_level_and_scores_as_the_
     quiet = [cut(*case) * np.float32(10 ** (-30 / 20)) for case in CASES]
     got = [searcher.search(x, top=1)[0] for x in quiet]
     assert [(m.track_id, m.offset_s, m.score) for m in got] == [(m.track_id, m.offset_s, m.score) for m in loud]
-    monkeypatch.setattr(Searcher, "QUIET_DB", -300.0)  # never raised
+    monkeypatch.setattr(Searcher, "raise_quiet", staticmethod(lambda x: (x, 1.0)))  # never raised
     assert [searcher.search(x, top=1) for x in quiet] == [[]] * len(CASES)
 
 
-def test_a_quiet_track_is_found_at_its_own_level_in_one_search(untrained_default, tmp_path, monkeypatch):
+def test_a_quiet_passage_of_a_loud_track_is_found_at_its_own_level_in_one_search(untrained_default, tmp_path,
+                                                                                monkeypatch):
     from indexer.index import Index
     from muzip_search.search import Searcher
     music = tmp_path / "music"
     music.mkdir()
-    for k in range(4):  # the last two stored 30 dB down
-        sf.write(music / f"{k}.flac", song(6.0, seed=300 + k) * np.float32(10 ** (-30 / 20) if k >= 2 else 1.0), SR)
+    quiet = np.float32(10 ** (-30 / 20))
+    for k in range(4):  # the last two: a loud first second, then 30 dB down
+        x = song(6.0, seed=300 + k)
+        if k >= 2:
+            x[SR:] *= quiet
+        sf.write(music / f"{k}.flac", x, SR)
     assert cli("index", music, "--checkpoint", untrained_default, "--index", tmp_path / "index").exit_code == 0
     searcher = Searcher(Index.open(tmp_path / "index", readonly=True))
     ids = {Path(r["path"]).name: r["id"] for r in searcher.index.catalog.db["tracks"].rows}
+    assert {searcher.index.catalog.track_gain(i) for i in ids.values()} == {1.0}  # stored as they are
     searches = []
     monkeypatch.setattr(searcher, "_search_as", lambda x, *a, _f=searcher._search_as: searches.append(1) or _f(x, *a))
-    x = song(6.0, seed=303)[int(1.7 * SR):int(4.7 * SR)] * np.float32(10 ** (-30 / 20))
+    x = song(6.0, seed=303)[int(1.7 * SR):int(4.7 * SR)] * quiet
     assert [(m.track_id, m.offset_s) for m in searcher.search(x, top=1)] == [(ids["3.flac"], 1.7)]
     assert len(searches) == 1  # found as it is: not searched again raised
+
+
+def test_a_quiet_track_is_stored_raised_found_at_any_level_and_reconstructed_at_its_own(untrained_default,
+                                                                                        tmp_path):
+    from indexer.audio import LIFT_DB
+    from indexer.index import Index
+    from muzip_search.reconstruct import reconstruct
+    from muzip_search.search import Searcher
+    music = tmp_path / "music"
+    music.mkdir()
+    tracks = [song(6.0, seed=310 + k) for k in range(4)]
+    levels = [1.0, 1.0, 10 ** (-30 / 20), 10 ** (-45 / 20)]  # the last two mastered 30 and 45 dB down
+    for k, (x, level) in enumerate(zip(tracks, levels)):
+        sf.write(music / f"{k}.wav", x * np.float32(level), SR, subtype="FLOAT")
+    # (stored as it was, the track 45 dB down had latents of silence: "silent", not indexed)
+    assert cli("index", music, "--checkpoint", untrained_default, "--index", tmp_path / "index").exit_code == 0
+    index = Index.open(tmp_path / "index", readonly=True)
+    ids = [index.catalog.track_by_path(str(music / f"{k}.wav"))["id"] for k in range(4)]
+    peaks = [float(np.abs(x).max()) * level for x, level in zip(tracks, levels)]
+    gains = [index.catalog.track_gain(i) for i in ids]
+    assert gains[:2] == [1.0, 1.0]
+    assert json.loads(cli("stats", "--index", tmp_path / "index", "--json").stdout)["raised_tracks"] == 2
+    assert np.allclose(gains[2:], [10 ** (LIFT_DB / 20) / p for p in peaks[2:]], rtol=1e-6)
+    # decoded at the file's own level, as near to it as a loud track's decoding (this untrained codec's: 0.93-0.95
+    # of the file's RMS, correlating at 0.94-0.98)
+    for k in range(4):
+        y = reconstruct(index, ids[k], 1.0, 5.0)
+        x = tracks[k][SR:5 * SR] * np.float32(levels[k])
+        assert 0.9 < np.sqrt(np.mean(y ** 2) / np.mean(x ** 2)) < 1.0 and np.corrcoef(x, y)[0, 1] > 0.9, k
+    searcher = Searcher(index)
+    for k in range(4):
+        clip = tracks[k][int(1.3 * SR):int(4.3 * SR)]
+        for level in (1.0, levels[k]):  # at music's level, and at the file's
+            assert [(m.track_id, m.offset_s) for m in searcher.search(clip * np.float32(level), top=1)] == [
+                (ids[k], 1.3)], (k, level)
 
 
 @pytest.mark.parametrize("built_in, searched_in", [("float32", "float32"), ("bfloat16", "bfloat16"),
@@ -406,8 +447,8 @@ def test_similar_and_stats(built):
     # the mean window vector, and the mean whole-track vector: the windows' mean and 48 bands' mean and spread
     assert (index_dir / "mean-12.f32").stat().st_size == (128 + 128 + 2 * 48) * 4
     s = json.loads(cli("stats", "--index", index_dir, "--json").stdout)
-    assert (s["tracks"], s["failed"], s["model"], s["faiss_index"], s["track_vector"]) == (
-        12, 0, "default", "IndexFlatIP (exact)", "windows+bands")
+    assert (s["tracks"], s["failed"], s["raised_tracks"], s["model"], s["faiss_index"], s["track_vector"]) == (
+        12, 0, 0, "default", "IndexFlatIP (exact)", "windows+bands")
     assert s["audio_hours"] == round(12 * 6 / 3600, 4)
     # the bytes stored: int8 latents `[7, 45, 177]` per 6-s song (7 chunks), and uint8 band energies `[596, 48]` (a
     # frame every 10 ms: (264,600 - 2,048) // 441 + 1 frames), each packed as the catalog packs them
@@ -421,7 +462,7 @@ def test_similar_and_stats(built):
     packed = {k: sum(len(pack(a, *PACKING[k])) for a in v) for k, v in packed.items()}
     assert s["latent_bytes"] == packed["latents"] < 12 * 7 * 45 * 177
     assert s["spectrogram_bytes"] == packed["spectrograms"] < 12 * 596 * 48
-    assert list(s) == ["tracks", "audio_hours", "failed", "windows", "latent_bytes", "vector_bytes",
+    assert list(s) == ["tracks", "audio_hours", "failed", "raised_tracks", "windows", "latent_bytes", "vector_bytes",
                        "spectrogram_bytes", "faiss_bytes", "catalog_bytes", "stored_kbps", "model", "model_checksum",
                        "model_kbps", "faiss_index", "track_vector"]
 
@@ -804,6 +845,23 @@ def test_a_catalog_made_before_arrays_were_packed_reads_and_writes_them_raw(tmp_
         assert np.array_equal(catalog.latents(t, 2)[0], r.latents[2:])
         assert np.array_equal(catalog.spectrogram(t), r.spectrogram)
         assert np.array_equal(catalog.spectrogram(t, 49, 101), r.spectrogram[49:101])
+
+
+def test_a_catalog_made_before_quiet_tracks_were_raised_gives_its_tracks_gain_one_and_takes_new_gains(tmp_path):
+    from indexer.catalog import Catalog, TrackRecord
+
+    def record(name, gain):
+        return TrackRecord(path=name, size=1, mtime=0.0, hash=name, status="indexed", seconds=1.0,
+                           latents=np.zeros((1, 45, 177), np.int8), samples=SR, windows=np.zeros((2, 128), np.float16),
+                           whole=np.zeros(90, np.float32), gain=gain)
+    catalog = Catalog(tmp_path / "catalog.db")
+    tid = catalog.write(record("old.mp3", 1.0))
+    catalog.db.execute("alter table tracks drop column gain")  # as a catalog made before holds it
+    catalog.close()
+    assert Catalog(tmp_path / "catalog.db", readonly=True).track_gain(tid) == 1.0  # opened as it is
+    catalog = Catalog(tmp_path / "catalog.db")  # a writer adds the column
+    tid2 = catalog.write(record("quiet.mp3", 8.5))
+    assert [catalog.track_gain(t) for t in (tid, tid2, 12345)] == [1.0, 8.5, 1.0]
 
 
 def test_a_ctrl_c_just_after_a_tracks_commit_keeps_it_and_stays_a_ctrl_c(tmp_path):
