@@ -92,8 +92,9 @@ class Searcher:
     gained (a 5-s query 87 -> 64 ms p50 on an Intel VM, BENCHMARKS.md). Except the FAISS search of the clip's
     windows, which runs on `ivf_threads`, by default the process's own FAISS count (`OMP_NUM_THREADS`, else the
     cores it may use), in an approximate index (each thread scans the IVF lists of its share of the windows:
-    at fma_small's size, 990,000 windows at nprobe 128, 12.6 -> 7.0 ms in a loop of queries on 2 cores) and,
-    where the searcher has its second thread, in an exact one too (5.9 -> 4.4 ms at 47,000 windows).
+    at fma_small's size, 990,000 windows at nprobe 128, 12.6 -> 7.0 ms in a loop of queries on 2 cores). An
+    exact search stays on `threads`: its second OpenMP thread contends with the searcher's own second thread
+    (a 5-s query 52.8 -> 44.6 ms p50 with the exact search on one thread, BENCHMARKS.md, sessions 25-26).
 
     With `ahead` (by default where `ivf_threads` is 2 or more), whole jobs run on a second thread beside the query's
     own: half of the clip's chunks are encoded there, then the spectrograms of the clip's pieces that re-scores
@@ -185,8 +186,8 @@ class Searcher:
         if s.windows.ntotal == 0:
             return []
         qv, qt = self._windows(x, s.mean, clip)
-        with threads(None if self.threads is None or (self.pool is None and not hasattr(s.windows, "nprobe"))
-                     else self.ivf_threads, torch_too=False):
+        with threads(self.ivf_threads if self.threads is not None and hasattr(s.windows, "nprobe") else None,
+                     torch_too=False):
             sims, ids = s.windows.search(qv, min(self.cfg.neighbours, s.windows.ntotal))
         voted = self._vote(sims, ids, qt)
         if not voted:

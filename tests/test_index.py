@@ -1098,13 +1098,11 @@ def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built
     assert searcher.threads == 1 and searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
 
-    # an approximate index's search alone runs on the process's own FAISS threads: the clip's windows split
-    # between them
+    # an exact index's search runs on the searcher's one thread; an approximate index's search alone on the
+    # process's own FAISS threads: the clip's windows split between them
     s, searched = searcher.index.searchable(), []
 
-    class Windows:  # the index's own, seen as an IVF index, noting the threads each search runs on
-        nprobe = 1
-
+    class Exact:  # the index's own, noting the threads each search runs on
         def __getattr__(self, name):
             return getattr(s.windows, name)
 
@@ -1112,9 +1110,13 @@ def test_a_query_runs_on_the_searchers_threads_and_leaves_the_processs_own(built
             searched.append(faiss.omp_get_max_threads())
             return s.windows.search(q, k)
 
-    searcher.index.searchable = lambda: dataclasses.replace(s, windows=Windows())
-    assert searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
-    assert searched == [before[1]] and searcher.ivf_threads == before[1]  # the process's own count
+    class IVF(Exact):  # seen as an IVF index
+        nprobe = 1
+
+    for windows in (Exact(), IVF()):
+        searcher.index.searchable = lambda: dataclasses.replace(s, windows=windows)
+        assert searcher.search(cut(4, 1.0, 2.0), top=1)[0].track_id == 4
+    assert searched == [1, before[1]] and searcher.ivf_threads == before[1]  # the process's own count
     assert (torch.get_num_threads(), faiss.omp_get_max_threads()) == before
 
 
