@@ -175,11 +175,15 @@ QUIET_DB, LIFT_DB, SILENT_DB = -15.0, -3.0, -60.0
 def raise_quiet(x: np.ndarray) -> tuple[np.ndarray, float]:
     """(Signal `x` raised to a peak of `LIFT_DB` where its peak lies between `SILENT_DB` and `QUIET_DB`, else `x`
     itself; the gain, 1.0 where it is not raised)."""
-    peak = float(np.abs(x).max()) if len(x) else 0.0
+    gain = quiet_gain(float(np.abs(x).max()) if len(x) else 0.0)
+    return (x, gain) if gain == 1.0 else (x * np.float32(gain), gain)
+
+
+def quiet_gain(peak: float) -> float:
+    """What `raise_quiet` raises a signal of this `peak` (linear) by: 1.0 where it is left as it is."""
     if not 10 ** (SILENT_DB / 20) <= peak < 10 ** (QUIET_DB / 20):
-        return x, 1.0
-    gain = 10 ** (LIFT_DB / 20) / peak
-    return x * np.float32(gain), gain
+        return 1.0
+    return 10 ** (LIFT_DB / 20) / peak
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

@@ -127,10 +127,10 @@ def read_ahead(items: Iterable, n: int = 2) -> Iterator:
 
 
 def encode_file(model: Codec, path, batch: int = 64, dtype: torch.dtype = torch.float32,
-                also=None) -> tuple[torch.Tensor, int]:
-    """Stream a file through the encoder (computing in `dtype`): (latents `[N, C, F]`, number of samples at the
-    model's rate). `also`: something with an `add(samples)` method that gets the same samples, block by block
-    (`vectors.StoredEnergiesStream`).
+                also=None, gain: float = 1.0) -> tuple[torch.Tensor, int]:
+    """Stream a file through the encoder (computing in `dtype`), its samples times `gain`: (latents `[N, C, F]`,
+    number of samples at the model's rate). `also`: something with an `add(samples)` method that gets the same
+    samples, block by block (`vectors.StoredEnergiesStream`).
 
     The file is decoded (and `also` fed) on a second thread, a block or two ahead of the encoder, so the two
     overlap: a 2-hour MP3 was indexed at 208-212x real time, 218-227x so, on 2 CPU cores; on a GPU the encoder
@@ -138,6 +138,8 @@ def encode_file(model: Codec, path, batch: int = 64, dtype: torch.dtype = torch.
     """
     def blocks():
         for block, valid in chunk_stream(Path(path), model.cfg.sample_rate, model.cfg.chunk):
+            if gain != 1.0:
+                block = block * np.float32(gain)
             if also is not None:
                 also.add(block.reshape(-1)[:valid])
             yield block, valid

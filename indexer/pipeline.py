@@ -19,7 +19,7 @@ import torch
 
 from models import Codec, compute_dtype
 
-from .audio import AudioError, info, load, pcm16_to_float, raise_quiet, to_pcm16
+from .audio import AudioError, info, load, pcm16_to_float, quiet_gain, raise_quiet, to_pcm16
 from .audio import chunks as cut_chunks
 from .catalog import Catalog, TrackRecord, pack_record
 from .decode import parallel_map
@@ -43,7 +43,7 @@ class Decoded:
     seconds: float | None = None
     audio: np.ndarray | None = None   # int16 mono at the model's rate, times `gain`; None if failed or streamed
     gain: float = 1.0                 # what the audio was raised by (`audio.raise_quiet`: a quiet track; the catalog
-                                      # stores it, and reconstruction undoes it); 1.0 for a streamed file
+                                      # stores it, and reconstruction undoes it); a streamed file's set as it streams
     spectrogram: np.ndarray | None = None  # its band energies as the index stores them (`decode_stage` with `spec`,
                                            # or else `encode_stage`, sets them)
     stream: bool = False              # too long to hold: the encode stage streams it from disk
@@ -106,11 +106,7 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
             continue
         if d.stream:
             try:
-                energies = StoredEnergiesStream(cfg.sample_rate, spec, device) if stored else None
-                z, n = encode_file(model, d.path, batch, dtype, energies)
-                out[i] = (z.numpy(), n)
-                d.spectrogram = None if energies is None else energies.result()
-                d.seconds = n / cfg.sample_rate
+                out[i] = encode_streamed(model, d, batch, dtype, spec if stored else None, device)
             except AudioError as err:
                 d.error = err
             continue
@@ -126,6 +122,36 @@ def encode_stage(model: Codec, items: list[Decoded], batch: int = 64,
         for i, start, n, samples in spans:
             out[i] = (z[start:start + n], samples)
     return out
+
+
+def encode_streamed(model: Codec, d: Decoded, batch: int, dtype: torch.dtype, spec: VectorConfig | None,
+                    device: torch.device) -> tuple[np.ndarray, int]:
+    """`encode_stage` of a streamed (long) file: (latents, samples), its band energies in `d.spectrogram` where
+    `spec` asks for them. Its peak is measured as it streams: a quiet file (`audio.raise_quiet`) is streamed again,
+    raised, as a quiet file decoded whole is raised before it is encoded (`d.gain`); another costs nothing more."""
+    gain = 1.0
+    while True:
+        energies = StoredEnergiesStream(model.cfg.sample_rate, spec, device) if spec is not None else None
+        peak = _Peak(energies)
+        z, n = encode_file(model, d.path, batch, dtype, peak, gain)
+        if gain != 1.0 or (gain := quiet_gain(peak.value)) == 1.0:
+            break
+    d.gain, d.seconds = gain, n / model.cfg.sample_rate
+    d.spectrogram = None if energies is None else energies.result()
+    return z.numpy(), n
+
+
+class _Peak:
+    """`encode_file`'s `also`: the peak of the samples it gets, which it passes on to `then`."""
+
+    def __init__(self, then=None):
+        self.value, self.then = 0.0, then
+
+    def add(self, x: np.ndarray) -> None:
+        if len(x):
+            self.value = max(self.value, float(np.abs(x).max()))
+        if self.then is not None:
+            self.then.add(x)
 
 
 def pool_stage(model: Codec, latents: np.ndarray, samples: int, cfg: VectorConfig,

@@ -660,19 +660,33 @@ def test_long_files_are_streamed(untrained_default, tmp_path, monkeypatch):
     music = tmp_path / "music"
     music.mkdir()
     sf.write(music / "long.flac", song(5.0, seed=4), SR)
+    sf.write(music / "quiet long.flac", song(5.0, seed=5) * np.float32(10 ** (-30 / 20)), SR)  # 30 dB down
     r = json.loads(cli("index", music, "--index", tmp_path / "index", "--checkpoint", untrained_default,
                        "--json").stdout)
-    assert r["indexed"] == 1
+    assert r["indexed"] == 2
     db = sqlite3.connect(tmp_path / "index" / "catalog.db")
-    assert db.execute("select seconds, chunks from tracks").fetchall() == [(5.0, 6)]
-    # its band energies, worked out block by block as it streamed through the encoder: those of the whole file
-    from indexer.audio import load
-    from indexer.vectors import VectorConfig, stored_energies
+    assert db.execute("select seconds, chunks from tracks").fetchall() == [(5.0, 6), (5.0, 6)]
+    # its band energies, worked out block by block as it streamed through the encoder: those of the whole file;
+    # the quiet one streamed again raised, as a quiet file decoded whole is raised (`raise_quiet`)
+    from indexer.audio import LIFT_DB, load
     from indexer.catalog import Catalog
-    stored = Catalog(tmp_path / "index" / "catalog.db", readonly=True).spectrogram(
-        db.execute("select id from tracks").fetchone()[0])
-    whole = stored_energies(load(music / "long.flac", SR), SR, VectorConfig())
-    np.testing.assert_array_equal(stored, whole)
+    from indexer.index import Index
+    from indexer.vectors import VectorConfig, stored_energies
+    from muzip_search.search import Searcher
+    catalog = Catalog(tmp_path / "index" / "catalog.db", readonly=True)
+    for name in ("long.flac", "quiet long.flac"):
+        x = load(music / name, SR)
+        gain = 1.0 if name == "long.flac" else 10 ** (LIFT_DB / 20) / float(np.abs(x).max())
+        track = catalog.track_by_path(str(music / name))["id"]
+        assert catalog.track_gain(track) == pytest.approx(gain, rel=1e-6)
+        whole = stored_energies(x * np.float32(gain), SR, VectorConfig())
+        np.testing.assert_array_equal(catalog.spectrogram(track), whole)
+    # and its clips found at music's level and at the file's
+    searcher = Searcher(Index.open(tmp_path / "index", readonly=True))
+    clip = song(5.0, seed=5)[int(1.3 * SR):int(4.3 * SR)]
+    for level in (1.0, 10 ** (-30 / 20)):
+        assert [(m.track_id, m.offset_s) for m in searcher.search(clip * np.float32(level), top=1)] == [
+            (catalog.track_by_path(str(music / "quiet long.flac"))["id"], 1.3)]
 
 
 def wait_for_tracks(db_path: Path, n: int, timeout: float = 120.0) -> None:
