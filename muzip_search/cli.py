@@ -279,14 +279,15 @@ def query(
     Example:  muzip-search query unknown.mp3 --similar 5
     """
     from .reconstruct import reconstruct, write_wav
-    from .search import CLIP_MAX_S, ClipTooShort, Searcher, load_clip
+    from .search import CLIP_MAX_S, ClipTooShort, Searcher, load_clips
     from .similar import similar_to_signal
     idx = _open(index_dir, device)
     searcher = Searcher(idx)
     errors = 0
-    for clip in clips:
+    for clip, x, cut, unread in load_clips(clips, idx.model.cfg.sample_rate):
         try:
-            x, cut = load_clip(clip, idx.model.cfg.sample_rate)
+            if unread is not None:
+                raise unread
             if cut:
                 typer.echo(f"note: {clip} is longer than {CLIP_MAX_S / 60:g} minutes: its first {CLIP_MAX_S / 60:g} "
                            "are searched (cut the part to look up, or use `similar` for a whole file)", err=True)

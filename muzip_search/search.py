@@ -2,6 +2,7 @@
 band energies and their waveforms decoded from the stored latents."""
 import sqlite3
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -11,7 +12,7 @@ import numpy as np
 import torch
 
 from indexer.audio import AudioError, load, raise_quiet
-from indexer.encode import encode_signal
+from indexer.encode import encode_signal, read_ahead
 from indexer.index import Index
 from indexer.vectors import (N_FFT, VectorConfig, align, band_energies, band_spectrogram, centre, energies_of,
                              log_bands, spec_hop, split_id, window_id, window_starts, window_vectors)
@@ -36,6 +37,20 @@ def load_clip(path: Path, sample_rate: int) -> tuple[np.ndarray, bool]:
     limit = int(CLIP_MAX_S * sample_rate)
     x = load(path, sample_rate, max_seconds=CLIP_MAX_S + 1.0)
     return x[:limit], len(x) > limit
+
+
+def load_clips(paths: Iterable[Path], sample_rate: int) -> Iterator[tuple[Path, np.ndarray | None, bool,
+                                                                        AudioError | None]]:
+    """`(path, samples, cut, None)` of each clip as `load_clip` gives it, or `(path, None, False, error)` where it
+    cannot be read, decoded on a second thread a clip ahead of the caller: a batch's decoding (an MP3's, or
+    ffmpeg's for formats libsndfile cannot read) overlaps its searches."""
+    def loaded():
+        for path in paths:
+            try:
+                yield (path, *load_clip(path, sample_rate), None)
+            except AudioError as err:
+                yield path, None, False, err
+    return read_ahead(loaded(), 1)
 
 
 @dataclass

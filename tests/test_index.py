@@ -351,6 +351,32 @@ def test_bad_query_files_get_their_own_error(built, tmp_path):
     assert rows[2]["matches"][0]["track_id"] == 3
 
 
+def test_query_clips_are_decoded_a_clip_ahead_in_order_with_their_errors(tmp_path, monkeypatch):
+    import threading
+
+    from muzip_search import search
+    sf.write(tmp_path / "a.wav", cut(3, 1.0, 2.0), SR)
+    (tmp_path / "junk.mp3").write_bytes(b"not audio at all")
+    sf.write(tmp_path / "b.flac", cut(4, 0.5, 1.5), SR)
+    decoded, ahead = [], threading.Event()
+
+    def load_clip(path, sr, _real=search.load_clip):
+        decoded.append(path.name)
+        if path.name == "junk.mp3":
+            ahead.set()  # decoded while the caller still holds the first clip
+        return _real(path, sr)
+
+    monkeypatch.setattr(search, "load_clip", load_clip)
+    got = []
+    for path, x, cut_, err in search.load_clips([tmp_path / n for n in ("a.wav", "junk.mp3", "b.flac")], SR):
+        if path.name == "a.wav":
+            assert ahead.wait(10)
+        got.append((path.name, None if x is None else x.shape, cut_, err and err.reason))
+    assert decoded == ["a.wav", "junk.mp3", "b.flac"]
+    assert got == [("a.wav", (2 * SR,), False, None), ("junk.mp3", None, False, "not audio"),
+                   ("b.flac", (int(1.5 * SR),), False, None)]
+
+
 def test_a_query_file_longer_than_the_limit_is_looked_up_by_its_beginning(built, tmp_path, monkeypatch):
     from muzip_search import search
     index_dir, _ = built
