@@ -30,7 +30,8 @@ class VectorConfig:
     rescore: int = 4             # of those, at most this many re-scored against their decoded audio,
     rescore_ratio: float = 0.7   # those with at least this share of the best candidate's votes
     rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips)
-    verify_s: float = 6.0        # the best candidate, while its score is unsure, re-scored on up to this much
+    verify_s: float = 10.0       # the best candidate, while its score is unsure, re-scored on up to this much (6 s
+                                 # in indexes made before session 26; BENCHMARKS.md)
     sure_score: float = 0.8      # ...unsure: under this (clean and MP3 copies score over 0.9)
     verify: int = 4              # ...at most this many candidates in turn: the best, or once it is verified,
     verify_margin: float = 0.05  # ...the best other one within this of it (both then compared on as much audio)

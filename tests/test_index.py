@@ -1332,6 +1332,18 @@ def test_an_unsure_best_and_the_candidates_near_it_are_all_verified_on_as_much_a
     assert searcher._verify(clip, hits) == [(1, 20.0, 0.695, True), (1, 5.0, 0.69, False), (2, 9.0, 0.60, False)]
 
 
+def test_an_unsure_best_is_verified_on_the_middle_10_s_of_a_longer_clip(built):
+    from indexer.index import Index
+    from muzip_search.reconstruct import Spans
+    from muzip_search.search import Searcher, _Clip
+    searcher = Searcher(Index.open(built[0], readonly=True))
+    assert searcher.cfg.verify_s == 10.0  # (6 s in an index made before session 26)
+    x = np.random.default_rng(0).standard_normal(14 * SR).astype(np.float32)
+    skip, piece, _ = searcher._middle(_Clip(x, Spans(searcher.index)), searcher.cfg.verify_s)
+    assert (skip, len(piece)) == (2 * SR, 10 * SR) and np.array_equal(piece, x[2 * SR:12 * SR])
+    assert searcher._middles(len(x)) == [("_middle", None), ("_middle", 10.0)]
+
+
 def test_queries_in_several_python_threads_at_once_keep_their_own_threads_and_the_processs():
     # torch (its OpenMP backend) and FAISS keep the thread count per OS thread: a query ending in one Python
     # thread does not undo another's setting, nor leave the process's changed
