@@ -129,15 +129,17 @@ def encode_streamed(model: Codec, d: Decoded, batch: int, dtype: torch.dtype, sp
     """`encode_stage` of a streamed (long) file: (latents, samples), its band energies in `d.spectrogram` where
     `spec` asks for them. Its peak is measured as it streams: a quiet file (`audio.raise_quiet`) is streamed again,
     raised, as a quiet file decoded whole is raised before it is encoded (`d.gain`); another costs nothing more."""
-    gain = 1.0
-    while True:
+    def streamed(gain: float) -> tuple[torch.Tensor, int, float, np.ndarray | None]:
         energies = StoredEnergiesStream(model.cfg.sample_rate, spec, device) if spec is not None else None
         peak = _Peak(energies)
         z, n = encode_file(model, d.path, batch, dtype, peak, gain)
-        if gain != 1.0 or (gain := quiet_gain(peak.value)) == 1.0:
-            break
-    d.gain, d.seconds = gain, n / model.cfg.sample_rate
-    d.spectrogram = None if energies is None else energies.result()
+        return z, n, peak.value, None if energies is None else energies.result()
+
+    z, n, peak, d.spectrogram = streamed(1.0)
+    d.gain = quiet_gain(peak)
+    if d.gain != 1.0:
+        z, n, _, d.spectrogram = streamed(d.gain)
+    d.seconds = n / model.cfg.sample_rate
     return z.numpy(), n
 
 
