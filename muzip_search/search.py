@@ -7,6 +7,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -72,6 +73,21 @@ class Match:
         return d
 
 
+class _Placed(NamedTuple):
+    """Where a clip's middle piece lies in a track (`Searcher._place`): what `_rescore` then scores."""
+    skip: int  # where the piece starts in the clip
+    piece: np.ndarray  # its samples
+    q: np.ndarray  # its band spectrogram
+    first: int  # the track's sample where the first frame of `energies` begins
+    energies: torch.Tensor  # the track's band energies around the start
+    t: np.ndarray  # their log bands
+    spec: float  # the spectrograms' correlation at their best lag
+    at: int  # the track's sample where the piece starts, by the waveforms
+    wave: float  # the waveforms' correlation there
+    samples: int  # the track's length
+    inside: float  # the share of the whole clip inside the track at that start
+
+
 @dataclass
 class _Clip:
     """A query clip, with what is worked out once for all its candidates: the band spectrograms of its middle
@@ -83,6 +99,7 @@ class _Clip:
     spectrograms: dict[int, np.ndarray] = field(default_factory=dict)
     same: dict[tuple, bool] = field(default_factory=dict)  # (track, start, track, start): `Searcher._same_music`
     ahead: dict[tuple, Future] = field(default_factory=dict)  # (method, its arguments): `Searcher._job`
+    placed: dict[tuple, "_Placed | None"] = field(default_factory=dict)  # (track, start, seconds): `Searcher._place`
 
     def middle(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, np.ndarray, np.ndarray]:
         """(where the middle `keep` samples start, those samples, their band spectrogram)."""
@@ -546,74 +563,88 @@ class Searcher:
         return best - 1e-4 if clip.prune and best >= self.cfg.sure_score else None
 
     def _ceiling(self, clip: _Clip, tid: int, offset: float) -> float:
-        """The most `_rescore` can give the candidate at `offset` in track `tid`, from its waveform alone.
+        """The most `_rescore` can give the candidate at `offset` in track `tid`, from where it lies alone.
 
-        The score weighs a correlation of spectrograms (at most 1) with that of
-        the waveforms on the middle `waveform_s` of the clip's re-scored piece,
-        at a start within a hop and two spectrogram frames of `offset`. Here the
-        waveform's best correlation at any such start: the cheap half of a
-        re-score (a fraction of the audio decoded, no spectrograms), which a
-        start that holds other music than the clip fails by far; a scan offers a
-        dozen of those for one that holds the clip's very audio.
+        The score weighs a correlation of spectrograms (at most 1: where the
+        start is not this very recording, or lies between two frames, `_rescore`
+        takes the better of two) with that of the waveforms, times the share of
+        the clip inside the track. Here the first half of the re-score, which it
+        then takes up (`_place`): the spectrograms' lag, from the stored band
+        energies, and the waveform's correlation there, from a fraction of a
+        second decoded; a start that holds other music than the clip fails by
+        far, and a scan offers a dozen of those for one that holds the clip's
+        very audio.
         """
+        placed = self._place(clip, tid, offset)
+        if placed is None:
+            return -1.0
+        w = self.cfg.waveform_weight
+        return placed.inside * (1.0 + w * max(placed.wave, 0.0)) / (1 + w)
+
+    def _place(self, clip: _Clip, tid: int, offset: float, seconds: float | None = None) -> "_Placed | None":
+        """Where the clip's middle `seconds` (default `rescore_max_s`) lies in track `tid` near `offset`: the best
+        lag of band spectrograms within a hop of it (against the track's band energies, `_energies`), then of the
+        waveforms on the middle `waveform_s` within two spectrogram frames of that. Worked out once per clip
+        (`_ceiling`'s, then `_rescore`'s); None where the track is not in the index (removed since the vote: a
+        concurrent `remove`) or too short to hold the piece."""
+        key = (tid, offset, seconds)
+        if key in clip.placed:
+            return clip.placed[key]
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
-        at, n = clip.waveform(min(len(clip.x), int(cfg.rescore_max_s * sr)), sr, cfg)  # as `_rescore` compares
-        reach = cfg.hop_s + 3 * cfg.spec_hop_s  # the slack, the two frames, and one for rounding
+        skip, piece, q = self._job(clip, ("_middle", seconds))  # the middle of a long clip
+        keep = len(piece)
+        slack = cfg.hop_s
+        placed = None
         try:
-            seg = clip.tracks(tid, offset + at / sr - reach, offset + (at + n) / sr + reach)
+            samples = clip.tracks.samples(tid)
+            first, energies = self._energies(clip, tid, *clip.tracks.span(
+                tid, offset + skip / sr - slack, offset + (skip + keep) / sr + slack))
+            t = log_bands(energies, cfg)
+            lag, spec = align(q, t, 0, len(t) - len(q))
+            if lag >= 0:
+                hop = spec_hop(sr, cfg)
+                mid, n = clip.waveform(keep, sr, cfg)
+                mid -= skip  # the waveform is compared on the middle of the piece; by the spectrograms, at `near`
+                near = first + lag * hop + mid
+                lo = max(0, near - 2 * hop)
+                seg = clip.tracks(tid, lo / sr, (near + 2 * hop + n) / sr)
+                at, wave = align(piece[mid:mid + n, None], seg[:, None], near - 2 * hop - lo, near + 2 * hop - lo)
+                at = lo + at - mid if at >= 0 else near - mid  # the track's sample where the piece starts
+                begin = (at - skip) / sr
+                inside = (min(begin * sr + len(clip.x), samples) - max(begin * sr, 0.0)) / len(clip.x)
+                placed = _Placed(skip, piece, q, first, energies, t, spec, at, wave, samples,
+                                 max(0.0, min(1.0, inside)))
         except NotInIndex:
-            return -1.0
-        wave = align(clip.x[at:at + n, None], seg[:, None], 0, len(seg) - n)[1]
-        w = cfg.waveform_weight
-        return (1.0 + w * max(wave, 0.0)) / (1 + w)
+            pass
+        clip.placed[key] = placed
+        return placed
 
     def _rescore(self, clip: _Clip, tid: int, offset: float,
                  seconds: float | None = None) -> tuple[int, float, float]:
         """Re-score a candidate against its track's band energies (`_energies`) and its decoded waveform.
 
-        The start: the best lag of band spectrograms within a hop of the vote's
-        start, then of the waveforms within two spectrogram frames of that. The
-        score, in [-1, 1], weighs the spectrogram correlation (phase-blind, so it
-        holds in a room; low for music that is not in the index) 1 to
-        `waveform_weight` with the waveform correlation on `waveform_s` (near 1
-        only for this very recording, so it tells a loop's repeats apart), times
-        the share of the whole clip that lies inside the track at that start (a
-        clip cut from a track fits in it; a repeat near the track's end may not).
+        The start: where `_place` finds the clip's middle. The score, in [-1, 1],
+        weighs the spectrogram correlation (phase-blind, so it holds in a room;
+        low for music that is not in the index) 1 to `waveform_weight` with the
+        waveform correlation on `waveform_s` (near 1 only for this very
+        recording, so it tells a loop's repeats apart), times the share of the
+        whole clip that lies inside the track at that start (a clip cut from a
+        track fits in it; a repeat near the track's end may not).
         For a clip that is not this very recording, the spectrogram correlation
         is the better of two: with the track's spectrogram as it is, and smeared
         as a room's reverberation smears it (`room_decay_s`).
         At most `seconds` of the clip (default `rescore_max_s`) are compared: its middle.
         Returns (track_id, start in s, score).
         """
+        p = self._place(clip, tid, offset, seconds)
+        if p is None:
+            return tid, offset, -1.0
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
-        x = clip.x
-        skip, piece, q = self._job(clip, ("_middle", seconds))  # the middle of a long clip
-        keep = len(piece)
-        slack = cfg.hop_s
-        try:
-            samples = clip.tracks.samples(tid)
-            first, energies = self._energies(clip, tid, *clip.tracks.span(
-                tid, offset + skip / sr - slack, offset + (skip + keep) / sr + slack))
-        except NotInIndex:  # removed since the vote (a concurrent `remove`)
-            return tid, offset, -1.0
-        t = log_bands(energies, cfg)
-        lag, spec = align(q, t, 0, len(t) - len(q))
-        if lag < 0:
-            return tid, offset, -1.0
+        spec, piece, at, first, energies = p.spec, p.piece, p.at, p.first, p.energies
         hop = spec_hop(sr, cfg)
-        mid, n = clip.waveform(keep, sr, cfg)
-        mid -= skip  # the waveform is compared on the middle of the piece; by the spectrograms, it lies at `near`
-        near = first + lag * hop + mid
-        lo = max(0, near - 2 * hop)
-        try:
-            seg = clip.tracks(tid, lo / sr, (near + 2 * hop + n) / sr)
-        except NotInIndex:
-            return tid, offset, -1.0
-        at, wave = align(piece[mid:mid + n, None], seg[:, None], near - 2 * hop - lo, near + 2 * hop - lo)
-        at = lo + at - mid if at >= 0 else near - mid  # the track's sample where the piece starts
-        if cfg.exact_spec and wave > 0.5 and 0 <= at <= samples - len(piece):
+        if cfg.exact_spec and p.wave > 0.5 and 0 <= at <= p.samples - len(piece):
             # the spectrogram lag is whole frames (10 ms), so the two frame grids can sit up to half a frame
             # apart, which costs a clean copy up to 0.05 of correlation: a loop's repeat could then outscore it.
             # Where the waveform found the start (this very recording), again there, the piece's frames moved
@@ -627,11 +658,9 @@ class Searcher:
         elif cfg.room_decay_s > 0:
             # not this very recording: perhaps a room's, whose reverberation smears each sound out in time. The
             # track's spectrogram smeared the same way is compared too, and the better correlation counts
-            spec = max(spec, align(q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(t) - len(q))[1])
+            spec = max(spec, align(p.q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(p.t) - len(p.q))[1])
         w = cfg.waveform_weight
-        begin = (at - skip) / sr
-        inside = (min(begin * sr + len(x), samples) - max(begin * sr, 0.0)) / len(x)
-        return tid, begin, max(0.0, min(1.0, inside)) * (spec + w * max(wave, 0.0)) / (1 + w)
+        return tid, (at - p.skip) / sr, p.inside * (spec + w * max(p.wave, 0.0)) / (1 + w)
 
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         """`search` of an audio file (its first `CLIP_MAX_S`)."""

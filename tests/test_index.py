@@ -1054,7 +1054,7 @@ def test_a_scan_re_scores_only_the_starts_whose_waveform_ceiling_can_beat_a_sure
         ceilings.append(searcher._ceiling(clip, tid, start))
         scores.append(searcher._rescore(clip, tid, start)[2])
     # (the untrained codec decodes the true start a little off the clip: 0.99 where a trained one gives 1.0)
-    assert [round(c, 2) for c in ceilings] == [0.99, 0.85, 0.88] and all(c >= s for c, s in zip(ceilings, scores))
+    assert [round(c, 2) for c in ceilings] == [0.99, 0.84, 0.88] and [round(s, 2) for s in scores] == [0.99, 0.04, 0.1]
     # only a sure best is a score to beat: under it, `_verify` may take a start a little behind it to the top;
     # and none where the caller shows candidates
     assert searcher._beat(clip, 0.95) == 0.95 - 1e-4 and searcher._beat(clip, 0.7) is None
