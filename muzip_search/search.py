@@ -74,13 +74,10 @@ class Match:
 
 
 class _Placed(NamedTuple):
-    """Where a clip's middle piece lies in a track (`Searcher._place`): what `_rescore` then scores."""
-    skip: int  # where the piece starts in the clip
-    piece: np.ndarray  # its samples
-    q: np.ndarray  # its band spectrogram
+    """Where a clip's middle piece (`Searcher._middle`) lies in a track (`Searcher._place`): what `_rescore` then
+    scores."""
     first: int  # the track's sample where the first frame of `energies` begins
     energies: torch.Tensor  # the track's band energies around the start
-    t: np.ndarray  # their log bands
     spec: float  # the spectrograms' correlation at their best lag
     at: int  # the track's sample where the piece starts, by the waveforms
     wave: float  # the waveforms' correlation there
@@ -613,8 +610,7 @@ class Searcher:
                 at = lo + at - mid if at >= 0 else near - mid  # the track's sample where the piece starts
                 begin = (at - skip) / sr
                 inside = (min(begin * sr + len(clip.x), samples) - max(begin * sr, 0.0)) / len(clip.x)
-                placed = _Placed(skip, piece, q, first, energies, t, spec, at, wave, samples,
-                                 max(0.0, min(1.0, inside)))
+                placed = _Placed(first, energies, spec, at, wave, samples, max(0.0, min(1.0, inside)))
         except NotInIndex:
             pass
         clip.placed[key] = placed
@@ -642,7 +638,8 @@ class Searcher:
             return tid, offset, -1.0
         cfg = self.cfg
         sr = self.index.model.cfg.sample_rate
-        spec, piece, at, first, energies = p.spec, p.piece, p.at, p.first, p.energies
+        skip, piece, q = self._job(clip, ("_middle", seconds))  # what `_place` placed
+        spec, at, first, energies = p.spec, p.at, p.first, p.energies
         hop = spec_hop(sr, cfg)
         if cfg.exact_spec and p.wave > 0.5 and 0 <= at <= p.samples - len(piece):
             # the spectrogram lag is whole frames (10 ms), so the two frame grids can sit up to half a frame
@@ -658,9 +655,9 @@ class Searcher:
         elif cfg.room_decay_s > 0:
             # not this very recording: perhaps a room's, whose reverberation smears each sound out in time. The
             # track's spectrogram smeared the same way is compared too, and the better correlation counts
-            spec = max(spec, align(p.q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(p.t) - len(p.q))[1])
+            spec = max(spec, align(q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(energies) - len(q))[1])
         w = cfg.waveform_weight
-        return tid, (at - p.skip) / sr, p.inside * (spec + w * max(p.wave, 0.0)) / (1 + w)
+        return tid, (at - skip) / sr, p.inside * (spec + w * max(p.wave, 0.0)) / (1 + w)
 
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         """`search` of an audio file (its first `CLIP_MAX_S`)."""
