@@ -45,8 +45,16 @@ class VectorConfig:
     tie_tracks: int = 4          # then the vote's others, up to this many,
     tie_starts: int = 3          # ...and up to this many of the starts each one offers re-scored
     waveform_s: float = 0.5      # re-scoring also compares this much of the clip sample by sample
-    waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this)
-    min_score: float = 0.6       # no-match threshold on score + margin_weight x margin (BENCHMARKS.md: its
+    waveform_weight: float = 0.2  # the score: (spectrogram corr. + this x waveform corr.) / (1 + this); of a clip
+                                  # that is not this very recording, + `coherence_weight` x its coherence on both
+    coherence_weight: float = 1.0  # (0: not) a clip that is not this very recording (a room's): the share of its
+                                   # power that a linear filter of the track explains (`indexer.coherence`), on its
+    coherence_s: float = 1.0       # ...middle this many seconds at most, in frames of this many samples,
+    coherence_fft: int = 8192
+    coherence_lead_s: float = 0.04  # ...the track's audio tried up to this much before the place found (a room's
+                                    # reverberation: the clip's sound started a little earlier), every `spec_hop_s`
+    coherence_hz: tuple[float, float] = (200.0, 5000.0)  # ...in this band (what phones and rooms pass)
+    min_score: float = 0.625     # no-match threshold on score + margin_weight x margin (BENCHMARKS.md: its
                                  # false-match rate), where the margin is the score less the best other track's
     short_extra: float = 0.0     # ...raised by up to this for clips under 2 s (this much at 1 s), whose scores
                                  # scatter more (0.1 before the margin counted)
@@ -78,14 +86,17 @@ class VectorConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "VectorConfig":
         """From an index manifest; a setting added since that index was built keeps its older behaviour."""
-        return cls(**{**_BEFORE, **d})
+        d = {**_BEFORE, **d}
+        if "coherence_hz" in d:  # (a JSON list)
+            d["coherence_hz"] = tuple(d["coherence_hz"])
+        return cls(**d)
 
 
 # what indexes built before a setting existed did (so their scores and calibrated threshold still hold)
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
            "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0, "same_music": 0.0, "stored_spec": False,
-           "whole": "latent-energy"}
+           "whole": "latent-energy", "coherence_weight": 0.0}
 
 
 @dataclass(frozen=True)

@@ -259,7 +259,7 @@ def query(
         min=-1.0, max=1.0,
         help="No-match threshold: hide matches scoring below this (-1 to 1; 0 shows every candidate). "
              "Default: the index's rule; for an index built now, a match scores at least 0.45 and "
-             "score + 0.5 x (score - the best other track's score) reaches 0.6 (see BENCHMARKS.md for its "
+             "score + 0.5 x (score - the best other track's score) reaches 0.625 (see BENCHMARKS.md for its "
              "false-match rate).")] = None,
     reconstruct_dir: Annotated[Path | None, typer.Option("--reconstruct", file_okay=False,
                                                          help="Write each match's span, decoded from the "

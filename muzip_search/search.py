@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from indexer.audio import AudioError, load, raise_quiet
+from indexer.coherence import band_bins, explained, frame_spectra
 from indexer.encode import encode_signal, read_ahead
 from indexer.index import Index
 from indexer.vectors import (N_FFT, VectorConfig, align, band_energies, band_spectrogram, centre, energies_of,
@@ -97,6 +98,8 @@ class _Clip:
     same: dict[tuple, bool] = field(default_factory=dict)  # (track, start, track, start): `Searcher._same_music`
     ahead: dict[tuple, Future] = field(default_factory=dict)  # (method, its arguments): `Searcher._job`
     placed: dict[tuple, "_Placed | None"] = field(default_factory=dict)  # (track, start, seconds): `Searcher._place`
+    compared: tuple | None = None  # `spectra`
+    coherent: dict[tuple, float] = field(default_factory=dict)  # (track, start in steps): `Searcher._coherence`
 
     def middle(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, np.ndarray, np.ndarray]:
         """(where the middle `keep` samples start, those samples, their band spectrogram)."""
@@ -105,6 +108,16 @@ class _Clip:
         if keep not in self.spectrograms:
             self.spectrograms[keep] = band_spectrogram(piece, sr, cfg)
         return skip, piece, self.spectrograms[keep]
+
+    def spectra(self, sr: int, cfg: VectorConfig) -> tuple[torch.Tensor, int, slice]:
+        """(the frame spectra that `Searcher._coherence` compares: of the clip's middle `coherence_s` at most; where
+        that part starts in the clip; their band's bins)."""
+        if self.compared is None:
+            n = min(len(self.x), int(cfg.coherence_s * sr))
+            offset = (len(self.x) - n) // 2
+            bins = band_bins(cfg.coherence_fft, sr, *cfg.coherence_hz)
+            self.compared = (frame_spectra(self.x[offset:offset + n], cfg.coherence_fft, bins), offset, bins)
+        return self.compared
 
     def waveform(self, keep: int, sr: int, cfg: VectorConfig) -> tuple[int, int]:
         """(where re-scoring's waveform piece starts in the clip, its length): the middle `waveform_s` of the
@@ -575,8 +588,11 @@ class Searcher:
         placed = self._place(clip, tid, offset)
         if placed is None:
             return -1.0
-        w = self.cfg.waveform_weight
-        return placed.inside * (1.0 + w * max(placed.wave, 0.0)) / (1 + w)
+        w, c = self.cfg.waveform_weight, self.cfg.coherence_weight
+        wave = max(placed.wave, 0.0)
+        if placed.wave > 0.5:
+            c = 0.0  # scored as a copy (`_rescore`)
+        return placed.inside * (1.0 + w * wave + c) / (1 + w + c)
 
     def _place(self, clip: _Clip, tid: int, offset: float, seconds: float | None = None) -> "_Placed | None":
         """Where the clip's middle `seconds` (default `rescore_max_s`) lies in track `tid` near `offset`: the best
@@ -656,8 +672,36 @@ class Searcher:
             # not this very recording: perhaps a room's, whose reverberation smears each sound out in time. The
             # track's spectrogram smeared the same way is compared too, and the better correlation counts
             spec = max(spec, align(q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(energies) - len(q))[1])
-        w = cfg.waveform_weight
-        return tid, (at - skip) / sr, p.inside * (spec + w * max(p.wave, 0.0)) / (1 + w)
+        w, c = cfg.waveform_weight, cfg.coherence_weight
+        wave = max(p.wave, 0.0)
+        if c == 0 or p.wave > 0.5:  # this very recording (a copy, an MP3 of it): its waveform says it all
+            return tid, (at - skip) / sr, p.inside * (spec + w * wave) / (1 + w)
+        # another (a room's): what a room does to the track, a filter of the track explains; other music, even a
+        # loop's near repeat, it does not
+        coherent = max(self._coherence(clip, tid, at - skip), 0.0)
+        return tid, (at - skip) / sr, p.inside * (spec + w * wave + c * coherent) / (1 + w + c)
+
+    def _coherence(self, clip: _Clip, tid: int, start: int) -> float:
+        """`explained` of the clip's middle `coherence_s` by track `tid` where the clip starts at its sample `start`,
+        or up to `coherence_lead_s` earlier (every `spec_hop_s`). Kept for the clip by start to the step: a re-score
+        on more of the clip (`_verify`) finds the start it had again, or one a step away, within what is tried."""
+        cfg = self.cfg
+        sr = self.index.model.cfg.sample_rate
+        step = spec_hop(sr, cfg)
+        key = (tid, int(round(start / step)))
+        if key not in clip.coherent:
+            spectra, offset, bins = clip.spectra(sr, cfg)
+            begin = key[1] * step + offset  # the track's sample under the compared part's first
+            lead = int(round(cfg.coherence_lead_s * sr / step)) * step
+            span = (spectra.shape[0] + 1) * (cfg.coherence_fft // 2)
+            try:
+                first, _ = clip.tracks.span(tid, (begin - lead) / sr, (begin + span + step) / sr)
+                track = clip.tracks(tid, (begin - lead) / sr, (begin + span + step) / sr)
+                starts = [begin - first + lag for lag in range(-lead, step + 1, step)]
+                clip.coherent[key] = explained(spectra, track, starts, cfg.coherence_fft, bins)
+            except NotInIndex:
+                clip.coherent[key] = -1.0
+        return clip.coherent[key]
 
     def search_file(self, path: Path, top: int = 5, min_score: float | None = None) -> list[Match]:
         """`search` of an audio file (its first `CLIP_MAX_S`)."""

@@ -189,3 +189,27 @@ def test_a_whole_track_vector_weighs_its_windows_its_bands_colour_and_their_spre
     # an index made before keeps its kind: each latent channel's log energy, its mean and spread (2 x 45)
     old = VectorConfig.from_dict({})
     assert old.whole == "latent-energy" and track_vector_dim(128, 45, old) == 90
+
+
+def test_the_share_a_filter_explains_is_high_for_a_room_recording_and_low_for_other_music():
+    import torch
+
+    from indexer.augment import add_noise, band_limit, reverb
+    from indexer.coherence import band_bins, explained, frame_spectra
+    sr, n = 44100, 8192
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(3 * sr).astype(np.float32)  # the track: 3 s of noise-like "music"
+    other = rng.standard_normal(3 * sr).astype(np.float32)
+    bins = band_bins(n, sr, 200.0, 5000.0)
+    assert bins == slice(38, 929)
+    start = sr // 2
+    roomed = add_noise(band_limit(reverb(x, sr, 0.3, seed=1), sr), 10.0, seed=2)  # 10 dB SNR over all
+    clip = frame_spectra(roomed[start:start + 2 * sr], n, bins)
+    assert clip.shape == (20, 891) and clip.dtype == torch.complex64
+    lags = [start - 441 * k for k in range(5)]  # the room's sound started a little before
+    near = x + 0.5 * other  # a near repeat: the same part, another one over it
+
+    def share(track):
+        return round(explained(clip, track, lags, n, bins), 2)
+    assert (share(x), share(near), share(other)) == (0.86, 0.7, 0.05)
+    assert explained(clip, x, [len(x)], n, bins) == -1.0  # no start fits
