@@ -89,8 +89,9 @@ class _Placed(NamedTuple):
 @dataclass
 class _Clip:
     """A query clip, with what is worked out once for all its candidates: the band spectrograms of its middle
-    pieces, the stretches of tracks decoded for it, where its middle lies in each candidate, which matched
-    stretches hold the same music, and the jobs started ahead on the searcher's second thread."""
+    pieces, the stretches of tracks decoded for it, where its middle lies in each candidate, how much of its middle
+    second each candidate explains (`Searcher._coherence`), which matched stretches hold the same music, and the
+    jobs started ahead on the searcher's second thread."""
     x: np.ndarray
     tracks: Spans
     prune: bool = True  # starts that cannot beat a sure best are not re-scored (`Searcher._beat`)

@@ -164,6 +164,16 @@ def test_an_index_built_before_the_margin_keeps_its_threshold_on_the_score_alone
     assert (old.min_score, old.short_extra, old.margin_weight, old.score_floor) == (0.48, 0.1, 0.0, 0.0)
 
 
+def test_an_index_built_before_coherence_keeps_its_scores_and_a_new_one_stores_its_band():
+    import json
+    before = VectorConfig.from_dict({k: v for k, v in VectorConfig(min_score=0.6).to_dict().items()
+                                     if not k.startswith("coherence")})
+    assert (before.coherence_weight, before.min_score) == (0.0, 0.6)
+    now = VectorConfig.from_dict(json.loads(json.dumps(VectorConfig().to_dict())))  # as a manifest holds it
+    assert now == VectorConfig() and (now.coherence_weight, now.coherence_hz, now.min_score) == (1.0, (200.0, 5000.0),
+                                                                                               0.625)
+
+
 def test_band_statistics_are_each_bands_mean_and_spread_of_floored_log_energy():
     from indexer.vectors import band_statistics, energies_of
     stored = np.array([[100, 0], [120, 40], [140, 40], [100, 200]], np.uint8)  # 4 frames, 2 bands; 0: silence
