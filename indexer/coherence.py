@@ -26,9 +26,10 @@ def band_bins(n: int, sr: int, low_hz: float, high_hz: float) -> slice:
 
 
 def frame_spectra(x: np.ndarray, n: int, bins: slice) -> torch.Tensor:
-    """The spectra `[K, B]` (complex) of `x`'s Hann frames of `n` samples, half a frame apart, in `bins`."""
-    frames = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unfold(0, n, n // 2)
-    return torch.fft.rfft(frames * _window(n))[:, bins]
+    """The spectra `[..., K, B]` (complex) of the Hann frames of `n` samples, half a frame apart, of `x` `[..., T]`,
+    in `bins`."""
+    frames = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unfold(-1, n, n // 2)
+    return torch.fft.rfft(frames * _window(n))[..., bins]
 
 
 def explained(clip: torch.Tensor, track: np.ndarray, starts: list[int], n: int, bins: slice) -> float:
@@ -42,9 +43,7 @@ def explained(clip: torch.Tensor, track: np.ndarray, starts: list[int], n: int, 
     starts = [s for s in starts if 0 <= s and s + span <= len(track)]
     if not starts or clip.shape[0] == 0:
         return -1.0
-    x = np.stack([track[s:s + span] for s in starts])  # [S, span]
-    frames = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).unfold(1, n, n // 2)  # [S, K, n]
-    spec = torch.fft.rfft(frames * _window(n))[..., bins]  # [S, K, B]
+    spec = frame_spectra(np.stack([track[s:s + span] for s in starts]), n, bins)  # [S, K, B]
     cross = (clip.unsqueeze(0) * spec.conj()).sum(1)  # [S, B]
     own = spec.real.square().add_(spec.imag.square()).sum(1)  # [S, B]
     power = float(clip.real.square().sum() + clip.imag.square().sum())

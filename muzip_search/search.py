@@ -85,6 +85,11 @@ class _Placed(NamedTuple):
     samples: int  # the track's length
     inside: float  # the share of the whole clip inside the track at that start
 
+    @property
+    def copy(self) -> bool:
+        """Whether the waveforms say the clip is this very recording (a copy, an MP3 of it), not a room's."""
+        return self.wave > 0.5
+
 
 @dataclass
 class _Clip:
@@ -587,13 +592,14 @@ class Searcher:
         very audio.
         """
         placed = self._place(clip, tid, offset)
-        if placed is None:
-            return -1.0
-        w, c = self.cfg.waveform_weight, self.cfg.coherence_weight
-        wave = max(placed.wave, 0.0)
-        if placed.wave > 0.5:
-            c = 0.0  # scored as a copy (`_rescore`)
-        return placed.inside * (1.0 + w * wave + c) / (1 + w + c)
+        return -1.0 if placed is None else self._score(placed, 1.0, 1.0)
+
+    def _score(self, p: _Placed, spec: float, coherent: float) -> float:
+        """A candidate's score where `_place` placed it: (the spectrograms' correlation `spec` + `waveform_weight` x
+        the waveforms' + `coherence_weight` x its `coherent`) / (1 + the two weights), times the share of the clip
+        inside the track. A copy (`_Placed.copy`) is scored without the coherence: its waveform says it all."""
+        w, c = self.cfg.waveform_weight, 0.0 if p.copy else self.cfg.coherence_weight
+        return p.inside * (spec + w * max(p.wave, 0.0) + c * coherent) / (1 + w + c)
 
     def _place(self, clip: _Clip, tid: int, offset: float, seconds: float | None = None) -> "_Placed | None":
         """Where the clip's middle `seconds` (default `rescore_max_s`) lies in track `tid` near `offset`: the best
@@ -658,7 +664,7 @@ class Searcher:
         skip, piece, q = self._job(clip, ("_middle", seconds))  # what `_place` placed
         spec, at, first, energies = p.spec, p.at, p.first, p.energies
         hop = spec_hop(sr, cfg)
-        if cfg.exact_spec and p.wave > 0.5 and 0 <= at <= p.samples - len(piece):
+        if cfg.exact_spec and p.copy and 0 <= at <= p.samples - len(piece):
             # the spectrogram lag is whole frames (10 ms), so the two frame grids can sit up to half a frame
             # apart, which costs a clean copy up to 0.05 of correlation: a loop's repeat could then outscore it.
             # Where the waveform found the start (this very recording), again there, the piece's frames moved
@@ -673,14 +679,10 @@ class Searcher:
             # not this very recording: perhaps a room's, whose reverberation smears each sound out in time. The
             # track's spectrogram smeared the same way is compared too, and the better correlation counts
             spec = max(spec, align(q, log_bands(energies, cfg, cfg.room_decay_s), 0, len(energies) - len(q))[1])
-        w, c = cfg.waveform_weight, cfg.coherence_weight
-        wave = max(p.wave, 0.0)
-        if c == 0 or p.wave > 0.5:  # this very recording (a copy, an MP3 of it): its waveform says it all
-            return tid, (at - skip) / sr, p.inside * (spec + w * wave) / (1 + w)
-        # another (a room's): what a room does to the track, a filter of the track explains; other music, even a
-        # loop's near repeat, it does not
-        coherent = max(self._coherence(clip, tid, at - skip), 0.0)
-        return tid, (at - skip) / sr, p.inside * (spec + w * wave + c * coherent) / (1 + w + c)
+        # not a copy (a room's recording): what a room does to the track, a filter of the track explains; other
+        # music, even a loop's near repeat, it does not
+        coherent = 0.0 if p.copy or cfg.coherence_weight == 0 else max(self._coherence(clip, tid, at - skip), 0.0)
+        return tid, (at - skip) / sr, self._score(p, spec, coherent)
 
     def _coherence(self, clip: _Clip, tid: int, start: int) -> float:
         """`explained` of the clip's middle `coherence_s` by track `tid` where the clip starts at its sample `start`,
