@@ -59,7 +59,6 @@ def decode_span(model: Codec, z: torch.Tensor, start: int = 0, end: int | None =
     """Samples [start, end) of latents `[N, C, F]` decoded end to end (`[N * chunk]`; default: to the end),
     `batch` chunks at a time, decoding only the latent frames that reach them; the decoder computes in
     `dtype`."""
-    device = next(model.parameters()).device
     chunk = model.cfg.chunk
     end = len(z) * chunk if end is None else min(end, len(z) * chunk)
     out = []
@@ -67,9 +66,22 @@ def decode_span(model: Codec, z: torch.Tensor, start: int = 0, end: int | None =
         lo, hi = i * chunk, min(i + batch, len(z)) * chunk
         if lo >= end:
             break
-        out.append(model.decode_span(z[i:i + batch].to(device), max(start, lo) - lo, min(end, hi) - lo, dtype).cpu())
+        out.append(decode_spans(model, z[i:i + batch], [(max(start, lo) - lo, min(end, hi) - lo)], dtype)[0])
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+@torch.no_grad()
+def decode_spans(model: Codec, z: torch.Tensor, spans: list[tuple[int, int]],
+                 dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
+    """`decode_span` of each (start, end) of `spans` of latents `[N, C, F]` (a batch's worth at most), in one
+    pass through the decoder (`Codec.decode_spans`)."""
+    device = next(model.parameters()).device
+    if len(spans) == 1:
+        out = [model.decode_span(z.to(device), *spans[0], dtype)]
+    else:
+        out = model.decode_spans(z.to(device), spans, dtype)
     _sync(device)
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
+    return [y.cpu().numpy() for y in out]
 
 
 def chunk_stream(path: Path, sample_rate: int, chunk: int) -> Iterator[tuple[np.ndarray, int]]:

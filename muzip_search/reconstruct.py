@@ -5,7 +5,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from indexer.encode import decode_span
+from indexer.encode import decode_span, decode_spans
 from indexer.index import Index
 
 
@@ -57,9 +57,10 @@ class Spans:
         last = first + len(y)
         if start > last or end < first:  # apart from what is kept: keep this instead
             first, y, last = start, np.zeros(0, np.float32), start
-        if start < first or end > last:
-            y = np.concatenate([_decode(self.index, track_id, start, first, self.dtype) if start < first else y[:0],
-                                y, _decode(self.index, track_id, last, end, self.dtype) if end > last else y[:0]])
+        if start < first or end > last:  # what is missing on either side, decoded in one pass
+            wanted = [(a, b) for a, b in [(start, first), (last, end)] if a < b]
+            got = dict(zip(wanted, _decode_spans(self.index, track_id, wanted, self.dtype)))
+            y = np.concatenate([got.get((start, first), y[:0]), y, got.get((last, end), y[:0])])
             first = min(first, start)
             self.kept[track_id] = (first, y)
         return y[start - first:end - first]
@@ -81,14 +82,22 @@ def _clamp(samples: int, start_s: float, end_s: float | None, sr: int) -> tuple[
 
 
 def _decode(index: Index, track_id: int, start: int, end: int, dtype: torch.dtype = torch.float32) -> np.ndarray:
+    return _decode_spans(index, track_id, [(start, end)], dtype)[0]
+
+
+def _decode_spans(index: Index, track_id: int, spans: list[tuple[int, int]],
+                  dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
+    """Samples [start, end) of a stored track for each of `spans`; those within 64 chunks in one decoder pass."""
     chunk = index.model.cfg.chunk
-    first, last = start // chunk, -(-end // chunk)
+    first, last = min(a for a, _ in spans) // chunk, -(-max(b for _, b in spans) // chunk)
     stored = index.catalog.latents(track_id, first, last)
     if stored is None:  # removed since (a concurrent `remove`)
         raise NotInIndex(track_id)
-    z, _ = stored
-    return decode_span(index.model, torch.from_numpy(z.copy()), start - first * chunk, end - first * chunk,
-                       dtype=dtype)
+    z = torch.from_numpy(stored[0].copy())
+    at = [(a - first * chunk, b - first * chunk) for a, b in spans]
+    if len(spans) > 1 and last - first <= 64:
+        return decode_spans(index.model, z, at, dtype)
+    return [decode_span(index.model, z, a, b, dtype=dtype) for a, b in at]
 
 
 def write_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:

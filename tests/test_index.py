@@ -1079,15 +1079,16 @@ def test_a_tracks_stretch_decoded_in_parts_for_a_query_is_the_stretch_decoded_at
     asked = [(1.0, 2.0), (0.5, 3.0), (2.5, 2.7), (2.9, 4.1), (5.0, 9.0)]
     whole = [rec.reconstruct(index, 3, a, b) for a, b in asked]
     decoded = []
-    decode = rec._decode
-    monkeypatch.setattr(rec, "_decode", lambda index, tid, a, b, *dtype: decoded.append((a, b))
-                        or decode(index, tid, a, b, *dtype))
+    decode = rec._decode_spans
+    monkeypatch.setattr(rec, "_decode_spans", lambda index, tid, wanted, *dtype: decoded.append(wanted)
+                        or decode(index, tid, wanted, *dtype))
     spans = rec.Spans(index)
     for (a, b), y in zip(asked, whole):
         np.testing.assert_allclose(spans(3, a, b), y, atol=1e-6)
     s = SR // 2
-    # only what was not decoded yet; a stretch apart from the one kept (and cut at the track's end) replaces it
-    assert decoded == [(2 * s, 4 * s), (s, 2 * s), (4 * s, 6 * s), (6 * s, 180810), (10 * s, 12 * s)]
+    # only what was not decoded yet (both sides at once); a stretch apart from the one kept (and cut at the
+    # track's end) replaces it
+    assert decoded == [[(2 * s, 4 * s)], [(s, 2 * s), (4 * s, 6 * s)], [(6 * s, 180810)], [(10 * s, 12 * s)]]
     assert [(k, first, len(y)) for k, (first, y) in spans.kept.items()] == [(3, 10 * s, 2 * s)]
 
 

@@ -64,6 +64,9 @@ def test_a_span_decodes_like_the_whole_chunks_it_lies_in():
         whole = m.decode(z).reshape(-1)
         for a, b in spans:
             assert torch.allclose(m.decode_span(z, a, b), whole[a:b], atol=1e-6), (cfg.name, cfg.overlap, a, b)
+        # several spans in one pass through the decoder, each as if alone
+        for (a, b), y in zip(spans, m.decode_spans(z, spans)):
+            assert torch.allclose(y, whole[a:b], atol=1e-6), (cfg.name, cfg.overlap, a, b)
 
 
 def test_int8_latents_decode_like_the_quantized_forward():
