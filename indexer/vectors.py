@@ -29,7 +29,9 @@ class VectorConfig:
     offsets_per_track: int = 4   # a track may offer several offsets: music repeats (loops, choruses)
     rescore: int = 4             # of those, at most this many re-scored against their decoded audio,
     rescore_ratio: float = 0.7   # those with at least this share of the best candidate's votes
-    rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips)
+    rescore_max_s: float = 2.0   # at most this much of the clip is re-scored (the middle of longer clips),
+    rescore_whole_s: float = 5.0  # ...except that a clip up to this long is re-scored whole, once (then verifying
+                                  # it would re-score as much again; 0 in indexes made before session 29)
     verify_s: float = 10.0       # the best candidate, while its score is unsure, re-scored on up to this much (6 s
                                  # in indexes made before session 26; BENCHMARKS.md)
     sure_score: float = 0.8      # ...unsure: under this (clean and MP3 copies score over 0.9)
@@ -96,7 +98,7 @@ class VectorConfig:
 _BEFORE = {"rescore_seconds": 0.0, "spec_floor": 0.0, "short_extra": 0.0, "exact_spec": False, "verify_s": 0.0,
            "scan": 0, "scan_neighbours": 0, "room_decay_s": 0.0, "approximate": "ivf-pq", "margin_weight": 0.0,
            "score_floor": 0.0, "tie_score": 0.0, "verify_margin": 0.0, "same_music": 0.0, "stored_spec": False,
-           "whole": "latent-energy", "coherence_weight": 0.0}
+           "whole": "latent-energy", "coherence_weight": 0.0, "rescore_whole_s": 0.0}
 
 
 @dataclass(frozen=True)

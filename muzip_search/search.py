@@ -246,7 +246,7 @@ class Searcher:
         # candidates are. With a `min_score` of the caller's, enough for `top` tracks, to show those candidates;
         # by the default threshold a track far behind in the vote is no match (another track holding the same
         # audio votes alike), so `top` costs nothing and the best match is the one `top=1` finds
-        most = max(self.cfg.rescore, int(self.cfg.rescore_seconds / min(seconds, self.cfg.rescore_max_s)))
+        most = max(self.cfg.rescore, int(self.cfg.rescore_seconds / min(seconds, self._first_s(len(x)))))
         close = min(most, sum(v >= self.cfg.rescore_ratio * voted[0][2] for _, _, v in voted))
         fill = 1 if min_score is None else top
         candidates, tracks = [], set()
@@ -388,15 +388,23 @@ class Searcher:
         where a clip so long can be verified."""
         return [("_middle", None)] + ([("_middle", self.cfg.verify_s)] if self._verifies(samples) else [])
 
+    def _first_s(self, samples: int) -> float:
+        """How much of a clip of `samples` the first re-scores compare (its middle): all of a clip of up to
+        `rescore_whole_s`, else `rescore_max_s`. Re-scoring more of a clip costs a little more (its spectrograms);
+        re-scoring a candidate a second time, on more of an unsure clip (`_verify`), costs nearly as much as the
+        first time: a 5-s room clip was re-scored 2 to 10 times (BENCHMARKS.md, session 29)."""
+        seconds = samples / self.index.model.cfg.sample_rate
+        return seconds if seconds <= self.cfg.rescore_whole_s else self.cfg.rescore_max_s
+
     def _verifies(self, samples: int) -> bool:
         """Whether `_verify` re-scores a clip of `samples` on more of it than the first re-scores compare."""
-        cfg = self.cfg
-        return cfg.verify_s > cfg.rescore_max_s and samples > cfg.rescore_max_s * self.index.model.cfg.sample_rate
+        first = self._first_s(samples)
+        return self.cfg.verify_s > first and samples > first * self.index.model.cfg.sample_rate
 
     def _middle(self, clip: _Clip, seconds: float | None = None) -> tuple[int, np.ndarray, np.ndarray]:
-        """`_Clip.middle` of the middle `seconds` of the clip (default `rescore_max_s`): what `_rescore` compares."""
+        """`_Clip.middle` of the middle `seconds` of the clip (default `_first_s`): what `_rescore` compares."""
         sr = self.index.model.cfg.sample_rate
-        return clip.middle(min(len(clip.x), int((seconds or self.cfg.rescore_max_s) * sr)), sr, self.cfg)
+        return clip.middle(min(len(clip.x), int((seconds or self._first_s(len(clip.x))) * sr)), sr, self.cfg)
 
     def _vote(self, sims: np.ndarray, ids: np.ndarray, qt: np.ndarray,
               per_track: int | None = None) -> list[tuple[int, float, float]]:
@@ -602,7 +610,7 @@ class Searcher:
         return p.inside * (spec + w * max(p.wave, 0.0) + c * coherent) / (1 + w + c)
 
     def _place(self, clip: _Clip, tid: int, offset: float, seconds: float | None = None) -> "_Placed | None":
-        """Where the clip's middle `seconds` (default `rescore_max_s`) lies in track `tid` near `offset`: the best
+        """Where the clip's middle `seconds` (default `_first_s`) lies in track `tid` near `offset`: the best
         lag of band spectrograms within a hop of it (against the track's band energies, `_energies`), then of the
         waveforms on the middle `waveform_s` within two spectrogram frames of that. Worked out once per clip
         (`_ceiling`'s, then `_rescore`'s); None where the track is not in the index (removed since the vote: a
@@ -653,7 +661,7 @@ class Searcher:
         For a clip that is not this very recording, the spectrogram correlation
         is the better of two: with the track's spectrogram as it is, and smeared
         as a room's reverberation smears it (`room_decay_s`).
-        At most `seconds` of the clip (default `rescore_max_s`) are compared: its middle.
+        At most `seconds` of the clip (default `_first_s`) are compared: its middle.
         Returns (track_id, start in s, score).
         """
         p = self._place(clip, tid, offset, seconds)

@@ -964,16 +964,19 @@ def test_a_long_clip_is_verified_on_more_of_itself(built):
     searcher = Searcher(Index.open(built[0], readonly=True))
     # (by spectrograms alone: the coherence, which compares the clip's middle 2 s at most, finds those)
     searcher.cfg = dataclasses.replace(searcher.cfg, coherence_weight=0.0)
-    middle_only = Searcher(searcher.index)
-    middle_only.cfg = dataclasses.replace(searcher.cfg, verify_s=0.0)
+    verifying, middle_only = Searcher(searcher.index), Searcher(searcher.index)
+    verifying.cfg = dataclasses.replace(searcher.cfg, rescore_whole_s=0.0)  # the middle 2 s first, then verified
+    middle_only.cfg = dataclasses.replace(verifying.cfg, verify_s=0.0)
     # 2 s of an indexed song, heard in a room, in the middle of 5 s of one that is not: the middle, re-scored
-    # alone at first, is unsure; over the whole clip the likeness fades under the threshold
+    # alone, is unsure; over the whole clip (verified, or re-scored whole from the first: a clip of up to
+    # `rescore_whole_s`) the likeness fades under the threshold
     x = song(5.0, seed=77)
     x[int(1.5 * SR):int(3.5 * SR)] = cut(4, 2.5, 2.0)
     medley = CONDITIONS["room"](x, SR, 0)
     unsure, = middle_only.search(medley, top=1)
     assert unsure.track_id == 4 and searcher.threshold(5.0) < unsure.score < searcher.cfg.sure_score
-    assert searcher.search(medley, top=1) == []
+    assert verifying.search(medley, top=1) == [] and searcher.search(medley, top=1) == []
+    assert verifying.search(medley, top=1, min_score=0)[0].score == searcher.search(medley, top=1, min_score=0)[0].score
     # while 5 s of that song alone in a room keep a score over the whole clip (0.68 here)
     found, = searcher.search(CONDITIONS["room"](cut(4, 1.0, 5.0), SR, 0), top=1)
     assert found.track_id == 4 and abs(found.offset_s - 1.0) < 0.05 and found.score > searcher.threshold(5.0) + 0.1
@@ -1050,13 +1053,14 @@ def test_a_scan_re_scores_only_the_starts_whose_waveform_ceiling_can_beat_a_sure
     from muzip_search.search import Searcher, _Clip
     searcher = Searcher(Index.open(built[0], readonly=True), ahead=False)  # (a second thread may start one early)
     clip = _Clip(cut(9, 0.8, 3.0), Spans(searcher.index))
-    # the true start, a wrong one in its track, another track: the ceiling is never under the score
+    # the true start, a wrong one in its track, another track (3 s: re-scored whole): the ceiling is never under
+    # the score
     ceilings, scores = [], []
     for tid, start in [(9, 0.8), (9, 2.3), (4, 0.8)]:
         ceilings.append(searcher._ceiling(clip, tid, start))
         scores.append(searcher._rescore(clip, tid, start)[2])
     # (the untrained codec decodes the true start a little off the clip: 0.99 where a trained one gives 1.0)
-    assert [round(c, 2) for c in ceilings] == [0.99, 0.91, 0.94] and [round(s, 2) for s in scores] == [0.99, 0.07, 0.21]
+    assert [round(c, 2) for c in ceilings] == [0.99, 0.91, 0.91] and [round(s, 2) for s in scores] == [0.99, 0.07, 0.09]
     # only a sure best is a score to beat: under it, `_verify` may take a start a little behind it to the top;
     # and none where the caller shows candidates
     assert searcher._beat(clip, 0.95) == 0.95 - 1e-4 and searcher._beat(clip, 0.7) is None
@@ -1324,11 +1328,12 @@ def test_an_unsure_best_and_the_candidates_near_it_are_all_verified_on_as_much_a
     from muzip_search.search import Searcher, _Clip
     searcher = Searcher(Index.open(built[0], readonly=True))
     assert (searcher.cfg.verify, searcher.cfg.verify_margin, searcher.cfg.sure_score) == (4, 0.05, 0.8)
-    # scores on more of the clip: a repeat at 20 s scores above the true start at 5 s on 2 s, below it on 3
+    # scores on more of a 6-s clip (over `rescore_whole_s`: its middle 2 s re-scored first): a repeat at 20 s
+    # scores above the true start at 5 s on 2 s, below it on 6
     longer = {(1, 20.0): 0.695, (1, 5.0): 0.70, (2, 9.0): 0.30}
     monkeypatch.setattr(Searcher, "_rescore", lambda self, clip, tid, offset, seconds=None: (
         tid, offset, longer[tid, offset]))
-    clip = _Clip(np.zeros(3 * SR, np.float32), Spans(searcher.index))
+    clip = _Clip(np.zeros(6 * SR, np.float32), Spans(searcher.index))
     hits = [(1, 20.0, 0.72, False), (1, 5.0, 0.69, False), (2, 9.0, 0.60, False)]
     assert searcher._verify(clip, hits) == [(1, 5.0, 0.70, True), (1, 20.0, 0.695, True), (2, 9.0, 0.60, False)]
     # as indexes built before verify_margin: once the best was verified, the repeat stayed ahead of the start
@@ -1465,3 +1470,24 @@ def test_a_room_recording_is_told_from_a_near_repeat_by_its_coherence(untrained_
     # room's true start 0.5-0.9, other music under 0.15), and with it in the score c leads further
     assert shares == [0.7, 0.71, 0.74]
     assert (scores[spectral], scores[searcher]) == ([0.663, 0.675, 0.698], [0.678, 0.691, 0.715])
+
+
+def test_a_clip_up_to_rescore_whole_s_is_re_scored_whole_once_and_a_longer_one_on_its_middle_then_verified(built):
+    import dataclasses
+
+    from indexer.augment import CONDITIONS
+    from indexer.index import Index
+    from muzip_search.search import Searcher
+    searcher = Searcher(Index.open(built[0], readonly=True), ahead=False)
+    assert [searcher._first_s(int(s * SR)) for s in (1.0, 3.0, 5.0, 6.0, 10.0)] == [1.0, 3.0, 5.0, 2.0, 2.0]
+    assert [searcher._verifies(int(s * SR)) for s in (1.0, 5.0, 6.0)] == [False, False, True]
+    old = Searcher(searcher.index, ahead=False)
+    old.cfg = dataclasses.replace(searcher.cfg, rescore_whole_s=0.0)
+    assert [old._first_s(int(s * SR)) for s in (1.0, 5.0)] == [2.0, 2.0] and old._verifies(int(5.0 * SR))
+    for s, compared in [(searcher, {5.0}), (old, {2.0, 5.0})]:  # what the re-scores compared, for a room's 5-s clip
+        seen, rescore = [], s._rescore
+        s._rescore = lambda clip, tid, offset, n=None, s=s, rescore=rescore: (
+            seen.append(len(s._middle(clip, n)[1]) / SR) or rescore(clip, tid, offset, n))
+        found, = s.search(CONDITIONS["room"](cut(4, 1.0, 5.0), SR, 0), top=1)
+        assert found.track_id == 4 and found.score < s.cfg.sure_score  # (unsure: an old index verifies it)
+        assert set(seen) == compared and seen[0] == min(compared)

@@ -223,3 +223,8 @@ def test_the_share_a_filter_explains_is_high_for_a_room_recording_and_low_for_ot
         return round(explained(clip, track, lags, n, bins), 2)
     assert (share(x), share(near), share(other)) == (0.86, 0.7, 0.05)
     assert explained(clip, x, [len(x)], n, bins) == -1.0  # no start fits
+
+
+def test_an_index_built_before_whole_re_scoring_re_scores_the_middle_2_s_first():
+    before = VectorConfig.from_dict({k: v for k, v in VectorConfig().to_dict().items() if k != "rescore_whole_s"})
+    assert (before.rescore_whole_s, before.rescore_max_s) == (0.0, 2.0) and VectorConfig().rescore_whole_s == 5.0
