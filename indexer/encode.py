@@ -66,15 +66,21 @@ def decode_span(model: Codec, z: torch.Tensor, start: int = 0, end: int | None =
         lo, hi = i * chunk, min(i + batch, len(z)) * chunk
         if lo >= end:
             break
-        out.append(decode_spans(model, z[i:i + batch], [(max(start, lo) - lo, min(end, hi) - lo)], dtype)[0])
+        out.append(_one_pass(model, z[i:i + batch], [(max(start, lo) - lo, min(end, hi) - lo)], dtype)[0])
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @torch.no_grad()
-def decode_spans(model: Codec, z: torch.Tensor, spans: list[tuple[int, int]],
+def decode_spans(model: Codec, z: torch.Tensor, spans: list[tuple[int, int]], batch: int = 64,
                  dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
-    """`decode_span` of each (start, end) of `spans` of latents `[N, C, F]` (a batch's worth at most), in one
-    pass through the decoder (`Codec.decode_spans`)."""
+    """`decode_span` of each (start, end) of `spans` of latents `[N, C, F]`: all in one pass through the decoder
+    (`Codec.decode_spans`) where the latents are `batch` chunks at most, else each on its own."""
+    if len(z) <= batch:
+        return _one_pass(model, z, spans, dtype)
+    return [decode_span(model, z, a, b, batch, dtype) for a, b in spans]
+
+
+def _one_pass(model: Codec, z: torch.Tensor, spans: list[tuple[int, int]], dtype: torch.dtype) -> list[np.ndarray]:
     device = next(model.parameters()).device
     if len(spans) == 1:
         out = [model.decode_span(z.to(device), *spans[0], dtype)]

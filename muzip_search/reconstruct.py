@@ -5,7 +5,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from indexer.encode import decode_span, decode_spans
+from indexer.encode import decode_spans
 from indexer.index import Index
 
 
@@ -52,6 +52,10 @@ class Spans:
         return _clamp(self.samples(track_id), start_s, end_s, self.index.model.cfg.sample_rate)
 
     def __call__(self, track_id: int, start_s: float, end_s: float) -> np.ndarray:
+        return self.stretch(track_id, start_s, end_s)[1]
+
+    def stretch(self, track_id: int, start_s: float, end_s: float) -> tuple[int, np.ndarray]:
+        """(the track's sample where they start, the samples): seconds [start_s, end_s) of it, within it."""
         start, end = self.span(track_id, start_s, end_s)
         first, y = self.kept.get(track_id, (start, np.zeros(0, np.float32)))
         last = first + len(y)
@@ -63,7 +67,7 @@ class Spans:
             y = np.concatenate([got.get((start, first), y[:0]), y, got.get((last, end), y[:0])])
             first = min(first, start)
             self.kept[track_id] = (first, y)
-        return y[start - first:end - first]
+        return start, y[start - first:end - first]
 
 
 def span_samples(index: Index, track_id: int, start_s: float, end_s: float | None) -> tuple[int, int]:
@@ -87,17 +91,15 @@ def _decode(index: Index, track_id: int, start: int, end: int, dtype: torch.dtyp
 
 def _decode_spans(index: Index, track_id: int, spans: list[tuple[int, int]],
                   dtype: torch.dtype = torch.float32) -> list[np.ndarray]:
-    """Samples [start, end) of a stored track for each of `spans`; those within 64 chunks in one decoder pass."""
+    """Samples [start, end) of a stored track for each of `spans` (`decode_spans`: in one decoder pass where
+    they lie within a batch of chunks)."""
     chunk = index.model.cfg.chunk
     first, last = min(a for a, _ in spans) // chunk, -(-max(b for _, b in spans) // chunk)
     stored = index.catalog.latents(track_id, first, last)
     if stored is None:  # removed since (a concurrent `remove`)
         raise NotInIndex(track_id)
     z = torch.from_numpy(stored[0].copy())
-    at = [(a - first * chunk, b - first * chunk) for a, b in spans]
-    if len(spans) > 1 and last - first <= 64:
-        return decode_spans(index.model, z, at, dtype)
-    return [decode_span(index.model, z, a, b, dtype=dtype) for a, b in at]
+    return decode_spans(index.model, z, [(a - first * chunk, b - first * chunk) for a, b in spans], dtype=dtype)
 
 
 def write_wav(path: Path, x: np.ndarray, sample_rate: int) -> Path:

@@ -706,8 +706,7 @@ class Searcher:
             lead = int(round(cfg.coherence_lead_s * sr / step)) * step
             span = (spectra.shape[0] + 1) * (cfg.coherence_fft // 2)
             try:
-                first, _ = clip.tracks.span(tid, (begin - lead) / sr, (begin + span + step) / sr)
-                track = clip.tracks(tid, (begin - lead) / sr, (begin + span + step) / sr)
+                first, track = clip.tracks.stretch(tid, (begin - lead) / sr, (begin + span + step) / sr)
                 starts = [begin - first + lag for lag in range(-lead, step + 1, step)]
                 clip.coherent[key] = explained(spectra, track, starts, cfg.coherence_fft, bins)
             except NotInIndex:

@@ -108,14 +108,19 @@ def test_chunks_pad_the_last_one():
 def test_a_span_decodes_as_the_whole_signal_across_batches_of_chunks():
     import torch
 
-    from indexer.encode import decode_latents, decode_span, encode_signal
+    from indexer.encode import decode_latents, decode_span, decode_spans, encode_signal
     from models import build_codec, preset
     torch.manual_seed(0)
     m = build_codec(preset("tiny")).eval()
     z = encode_signal(m, sine_mix(2.5, 8000), batch=2)  # 5 chunks of 4,000
     whole = decode_latents(m, z)
-    for a, b in [(0, None), (3000, 9000), (7999, 16001), (12000, 12000), (15000, 19000)]:
+    spans = [(0, None), (3000, 9000), (7999, 16001), (12000, 12000), (15000, 19000)]
+    for a, b in spans:
         np.testing.assert_allclose(decode_span(m, z, a, b, batch=2), whole[a:b], atol=1e-6)
+    # several spans: in one pass where the latents are a batch at most, else each across its batches
+    for batch in (2, 5):
+        for (a, b), y in zip(spans[1:], decode_spans(m, z, spans[1:], batch)):
+            np.testing.assert_allclose(y, whole[a:b], atol=1e-6)
 
 
 def test_collection_finds_audio_and_splits_by_track(music_dir):

@@ -962,7 +962,7 @@ def test_a_long_clip_is_verified_on_more_of_itself(built):
     from indexer.index import Index
     from muzip_search.search import Searcher
     searcher = Searcher(Index.open(built[0], readonly=True))
-    # (by spectrograms alone: the coherence, which compares the clip's middle 2 s at most, finds those)
+    # (by spectrograms alone: the coherence, which compares the clip's middle second, finds those)
     searcher.cfg = dataclasses.replace(searcher.cfg, coherence_weight=0.0)
     verifying, middle_only = Searcher(searcher.index), Searcher(searcher.index)
     verifying.cfg = dataclasses.replace(searcher.cfg, rescore_whole_s=0.0)  # the middle 2 s first, then verified
